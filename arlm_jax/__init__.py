@@ -1,0 +1,20 @@
+"""arlm_jax: autoregressive language models in JAX, as pure functions.
+
+    cfg = arlm_jax.ModelConfig.tiny()
+    params = arlm_jax.init(jax.random.key(0), cfg)
+    logits, _ = arlm_jax.forward(params, tokens, cfg)
+    loss, metrics = arlm_jax.loss_fn(params, {"tokens": tokens}, cfg)
+"""
+
+from arlm_jax.config import (ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig,
+                             model_preset)
+from arlm_jax.loss import bits_per_byte, cross_entropy, loss_fn, perplexity
+from arlm_jax.flops import flops_per_token, param_count
+from arlm_jax.model import forward, init
+
+__all__ = [
+    "ConfigError", "DataConfig", "ModelConfig", "RunConfig", "TrainConfig", "model_preset",
+    "init", "forward", "param_count", "flops_per_token",
+    "cross_entropy", "loss_fn", "perplexity", "bits_per_byte",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,165 @@
+"""Pure layer functions: norms, positional encodings, attention core, MLP, dropout.
+
+Every function takes arrays (and small dicts of arrays) and returns arrays; none owns
+parameters or state, so each can be imported alone into someone else's JAX code.
+Axis legend (see ``ModelConfig``): B batch, T query positions, S key positions, D model,
+H query heads, K kv heads, G = H // K, E head dim, F hidden MLP dim, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+# ---- norms ----------------------------------------------------------------------------
+def layer_norm(x: Array, scale: Array, bias: Array | None, eps: float) -> Array:
+    """LayerNorm over the last axis, computed in float32, returned in x's dtype."""
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    y = (xf - mean) * jax.lax.rsqrt(var + eps) * scale
+    if bias is not None:
+        y = y + bias
+    return y.astype(x.dtype)
+
+
+def rms_norm(x: Array, scale: Array, eps: float) -> Array:
+    """RMSNorm (no centring, no bias), computed in float32, returned in x's dtype."""
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + eps) * scale
+    return y.astype(x.dtype)
+
+
+def apply_norm(p: dict, x: Array, kind: str, eps: float) -> Array:
+    """Dispatch on the norm kind; ``p`` holds ``scale`` [D] and optionally ``bias`` [D]."""
+    if kind == "rmsnorm":
+        return rms_norm(x, p["scale"], eps)
+    return layer_norm(x, p["scale"], p.get("bias"), eps)
+
+
+# ---- positional encodings ---------------------------------------------------------------
+def sinusoidal_embedding(positions: Array, d_model: int) -> Array:
+    """Fixed sin/cos embedding of Vaswani et al. positions [B, T] -> [B, T, D] float32."""
+    half = d_model // 2
+    freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions.astype(jnp.float32)[..., None] * freqs  # [B, T, D/2]
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def apply_rope(x: Array, positions: Array, theta: float) -> Array:
+    """Rotary embedding (rotate-half / GPT-NeoX layout). x [B, T, N, E], positions [B, T]."""
+    e = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, e, 2, dtype=jnp.float32) / e))  # [E/2]
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, E/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def alibi_slopes(n_heads: int) -> Array:
+    """Per-head ALiBi slopes (Press et al.), including the non-power-of-two rule. -> [H]."""
+    def pow2(n: int) -> list[float]:
+        start = 2.0 ** (-(2.0 ** -(math.log2(n) - 3)))
+        return [start ** (i + 1) for i in range(n)]
+
+    if math.log2(n_heads).is_integer():
+        slopes = pow2(n_heads)
+    else:
+        closest = 2 ** math.floor(math.log2(n_heads))
+        slopes = pow2(closest) + pow2(2 * closest)[0::2][: n_heads - closest]
+    return jnp.asarray(slopes, dtype=jnp.float32)
+
+
+def alibi_bias(q_pos: Array, k_pos: Array, n_heads: int) -> Array:
+    """Linear distance penalty -slope_h * (q - k). q_pos [B, T], k_pos [B, S] -> [B, H, T, S]."""
+    dist = (q_pos[:, :, None] - k_pos[:, None, :]).astype(jnp.float32)  # [B, T, S]
+    return -alibi_slopes(n_heads)[None, :, None, None] * dist[:, None]
+
+
+def relative_buckets(q_pos: Array, k_pos: Array, n_buckets: int, max_distance: int) -> Array:
+    """T5's causal (unidirectional) log-spaced buckets of q - k. -> int32 [B, T, S]."""
+    n = jnp.maximum(q_pos[:, :, None] - k_pos[:, None, :], 0)  # distance into the past
+    max_exact = n_buckets // 2
+    is_small = n < max_exact
+    large = max_exact + (
+        jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact)
+        / math.log(max_distance / max_exact) * (n_buckets - max_exact)
+    ).astype(jnp.int32)
+    large = jnp.minimum(large, n_buckets - 1)
+    return jnp.where(is_small, n, large).astype(jnp.int32)
+
+
+def relative_bias(table: Array, q_pos: Array, k_pos: Array, max_distance: int) -> Array:
+    """Learned T5 bias: table [n_buckets, H] gathered by bucket -> [B, H, T, S] float32."""
+    buckets = relative_buckets(q_pos, k_pos, table.shape[0], max_distance)
+    return jnp.moveaxis(table.astype(jnp.float32)[buckets], -1, 1)
+
+
+# ---- attention ---------------------------------------------------------------------------
+def causal_mask(q_pos: Array, k_pos: Array, k_valid: Array | None = None) -> Array:
+    """True where query t may attend to key s: k_pos <= q_pos (and the key is valid).
+
+    q_pos [B, T], k_pos [B, S], k_valid [B, S] bool -> [B, T, S] bool. Positions rather
+    than indices, so the same rule serves training, ragged prompts and a KV cache.
+    """
+    mask = k_pos[:, None, :] <= q_pos[:, :, None]
+    if k_valid is not None:
+        mask = mask & k_valid[:, None, :]
+    return mask
+
+
+def attention(q: Array, k: Array, v: Array, mask: Array, bias: Array | None = None,
+              dropout_rate: float = 0.0, dropout_key: Array | None = None) -> Array:
+    """Scaled dot-product attention with grouped kv heads (MHA, GQA and MQA alike).
+
+    q [B, T, H, E], k and v [B, S, K, E] with H % K == 0, mask [B, T, S] bool,
+    bias [B, H, T, S] float32 or None -> [B, T, H, E] in q's dtype. Scores and softmax
+    are float32; masked entries use finfo.min, not -inf, so fully masked rows stay finite.
+    """
+    b, t, h, e = q.shape
+    kh = k.shape[2]
+    g = h // kh
+    qg = q.reshape(b, t, kh, g, e)
+    scores = jnp.einsum("btkge,bske->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / math.sqrt(e))
+    if bias is not None:
+        scores = scores + bias.reshape(b, kh, g, t, -1)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    if dropout_key is not None and dropout_rate > 0.0:
+        probs = dropout(probs, dropout_rate, dropout_key)
+    out = jnp.einsum("bkgts,bske->btkge", probs.astype(v.dtype), v)
+    return out.reshape(b, t, h, e)
+
+
+# ---- MLP and dropout ---------------------------------------------------------------------
+def mlp(p: dict, x: Array, kind: str) -> Array:
+    """Position-wise feed-forward. x [B, T, D] -> [B, T, D].
+
+    gelu:   w_in [D, F], w_out [F, D] (+ b_in [F], b_out [D] when present), tanh-GELU as GPT-2.
+    swiglu: w_gate, w_up [D, F], w_down [F, D] (LLaMA).
+    """
+    if kind == "swiglu":
+        h = jax.nn.silu(x @ p["w_gate"]) * (x @ p["w_up"])
+        return h @ p["w_down"]
+    h = x @ p["w_in"]
+    if "b_in" in p:
+        h = h + p["b_in"]
+    h = jax.nn.gelu(h, approximate=True)
+    out = h @ p["w_out"]
+    if "b_out" in p:
+        out = out + p["b_out"]
+    return out
+
+
+def dropout(x: Array, rate: float, key: Array) -> Array:
+    """Inverted dropout: zero with probability ``rate``, scale survivors by 1/(1-rate)."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype)).astype(x.dtype)

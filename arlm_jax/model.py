@@ -1,0 +1,169 @@
+"""The decoder-only Transformer as two pure functions: ``init`` and ``forward``.
+
+Parameters are a plain nested dict of float32 arrays. The blocks are stacked on a leading
+layer axis L and run with ``lax.scan``, so compile time does not grow with depth and one
+scan step consumes one block's weights (and, for decoding, one layer of KV cache).
+
+Parameter tree (shapes; optional entries depend on the config):
+  embed/tok      [V, D]            token embedding (also the output matrix when tied)
+  embed/pos      [max_len, D]      pos='learned'
+  rel_bias       [n_buckets, H]    pos='relative' (shared by all layers, as in T5)
+  blocks/attn_norm/{scale,bias}    [L, D]
+  blocks/attn/{wq [L,D,H,E], wk [L,D,K,E], wv [L,D,K,E], wo [L,H,E,D]}
+             /{bq [L,H,E], bk [L,K,E], bv [L,K,E], bo [L,D]}          bias=True
+  blocks/mlp_norm/{scale,bias}     [L, D]
+  blocks/mlp/{w_in [L,D,F], w_out [L,F,D], b_in, b_out} | {w_gate, w_up [L,D,F], w_down [L,F,D]}
+  final_norm/{scale,bias}          [D]              norm_position='pre'
+  lm_head/w      [D, V]            tie_embeddings=False
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from arlm_jax import layers
+from arlm_jax.config import ModelConfig
+
+Array = jax.Array
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _norm_params(cfg: ModelConfig, lead: tuple[int, ...]) -> dict:
+    p = {"scale": jnp.ones(lead + (cfg.d_model,), jnp.float32)}
+    if cfg.norm == "layernorm" and cfg.bias:
+        p["bias"] = jnp.zeros(lead + (cfg.d_model,), jnp.float32)
+    return p
+
+
+def init(key: Array, cfg: ModelConfig) -> dict:
+    """Random float32 parameters: N(0, init_std), residual outputs scaled by 1/sqrt(2L) (GPT-2)."""
+    L, D, H, K, E, F, V = (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim,
+                           cfg.ff_dim, cfg.vocab_size)
+    std, out_std = cfg.init_std, cfg.init_std / (2 * L) ** 0.5
+    keys = iter(jax.random.split(key, 16))
+
+    def normal(shape: tuple[int, ...], s: float = std) -> Array:
+        return s * jax.random.normal(next(keys), shape, jnp.float32)
+
+    attn = {"wq": normal((L, D, H, E)), "wk": normal((L, D, K, E)), "wv": normal((L, D, K, E)),
+            "wo": normal((L, H, E, D), out_std)}
+    if cfg.mlp == "swiglu":
+        mlp = {"w_gate": normal((L, D, F)), "w_up": normal((L, D, F)),
+               "w_down": normal((L, F, D), out_std)}
+    else:
+        mlp = {"w_in": normal((L, D, F)), "w_out": normal((L, F, D), out_std)}
+    if cfg.bias:
+        attn |= {"bq": jnp.zeros((L, H, E)), "bk": jnp.zeros((L, K, E)), "bv": jnp.zeros((L, K, E)),
+                 "bo": jnp.zeros((L, D))}
+        if cfg.mlp == "gelu":
+            mlp |= {"b_in": jnp.zeros((L, F)), "b_out": jnp.zeros((L, D))}
+    params: dict = {
+        "embed": {"tok": normal((V, D))},
+        "blocks": {"attn_norm": _norm_params(cfg, (L,)), "attn": attn,
+                   "mlp_norm": _norm_params(cfg, (L,)), "mlp": mlp},
+    }
+    if cfg.pos == "learned":
+        params["embed"]["pos"] = normal((cfg.max_len, D), 0.01)
+    if cfg.pos == "relative":
+        params["rel_bias"] = jnp.zeros((cfg.rel_buckets, H), jnp.float32)
+    if cfg.norm_position == "pre":
+        params["final_norm"] = _norm_params(cfg, ())
+    if not cfg.tie_embeddings:
+        params["lm_head"] = {"w": normal((D, V))}
+    return params
+
+
+def _attention_block(p: dict, x: Array, positions: Array, mask: Array, bias: Array | None,
+                     cfg: ModelConfig, key: Array | None) -> Array:
+    """Self-attention sub-layer. x [B, T, D] -> [B, T, D]."""
+    q = jnp.einsum("btd,dhe->bthe", x, p["wq"])
+    k = jnp.einsum("btd,dke->btke", x, p["wk"])
+    v = jnp.einsum("btd,dke->btke", x, p["wv"])
+    if "bq" in p:
+        q, k, v = q + p["bq"], k + p["bk"], v + p["bv"]
+    if cfg.pos == "rope":
+        q = layers.apply_rope(q, positions, cfg.rope_theta)
+        k = layers.apply_rope(k, positions, cfg.rope_theta)
+    o = layers.attention(q, k, v, mask, bias, cfg.dropout, key)
+    out = jnp.einsum("bthe,hed->btd", o, p["wo"])
+    if "bo" in p:
+        out = out + p["bo"]
+    return out
+
+
+def _block(cfg: ModelConfig, x: Array, p: dict, key: Array | None, positions: Array, mask: Array,
+           bias: Array | None) -> Array:
+    """One Transformer block, pre- or post-norm. x [B, T, D] -> [B, T, D]."""
+    keys = (None,) * 3 if key is None else tuple(jax.random.split(key, 3))
+    drop = (lambda y, k: y) if key is None else (lambda y, k: layers.dropout(y, cfg.dropout, k))
+    norm = lambda q, y: layers.apply_norm(q, y, cfg.norm, cfg.norm_eps)  # noqa: E731
+    if cfg.norm_position == "pre":
+        h = _attention_block(p["attn"], norm(p["attn_norm"], x), positions, mask, bias, cfg, keys[0])
+        x = x + drop(h, keys[1])
+        x = x + drop(layers.mlp(p["mlp"], norm(p["mlp_norm"], x), cfg.mlp), keys[2])
+    else:
+        h = _attention_block(p["attn"], x, positions, mask, bias, cfg, keys[0])
+        x = norm(p["attn_norm"], x + drop(h, keys[1]))
+        x = norm(p["mlp_norm"], x + drop(layers.mlp(p["mlp"], x, cfg.mlp), keys[2]))
+    return x
+
+
+_REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots}
+
+
+def forward(params: dict, tokens: Array, cfg: ModelConfig, cache: None = None, *,
+            positions: Array | None = None, dropout_key: Array | None = None
+            ) -> tuple[Array, None]:
+    """Logits of the next token at every position.
+
+    tokens int32 [B, T]; positions int32 [B, T] (default 0..T-1 per row) -> (logits float32
+    [B, T, V], cache). Dropout is applied only when ``dropout_key`` is given and
+    ``cfg.dropout > 0`` (i.e. in training). ``cache`` is the KV-cache slot of the decoding
+    engine; without one this is the plain full-sequence forward and returns ``None`` for it.
+    """
+    dtype = DTYPES[cfg.dtype]
+    b, t = tokens.shape
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    if cfg.dropout <= 0.0:
+        dropout_key = None
+    cast = lambda tree: jax.tree.map(lambda a: a.astype(dtype), tree)  # noqa: E731
+
+    x = jnp.take(params["embed"]["tok"], tokens, axis=0)  # [B, T, D]
+    if cfg.pos == "learned":
+        x = x + jnp.take(params["embed"]["pos"], positions, axis=0)
+    elif cfg.pos == "sinusoidal":
+        x = x + layers.sinusoidal_embedding(positions, cfg.d_model)
+    x = x.astype(dtype)
+    if dropout_key is not None:
+        dropout_key, k0 = jax.random.split(dropout_key)
+        x = layers.dropout(x, cfg.dropout, k0)
+
+    mask = layers.causal_mask(positions, positions)  # [B, T, T]
+    bias = None
+    if cfg.pos == "alibi":
+        bias = layers.alibi_bias(positions, positions, cfg.n_heads)
+    elif cfg.pos == "relative":
+        bias = layers.relative_bias(params["rel_bias"], positions, positions, cfg.rel_max_distance)
+
+    def body(x: Array, inp: tuple) -> tuple[Array, None]:
+        p, key = inp
+        p = {**p, "attn": cast(p["attn"]), "mlp": cast(p["mlp"])}  # norms stay float32
+        return _block(cfg, x, p, key, positions, mask, bias), None
+
+    if cfg.remat != "none":
+        body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    layer_keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.n_layers)
+    x, _ = jax.lax.scan(body, x, (params["blocks"], layer_keys))
+
+    if cfg.norm_position == "pre":
+        x = layers.apply_norm(params["final_norm"], x, cfg.norm, cfg.norm_eps)
+    if cfg.tie_embeddings:
+        logits = jnp.einsum("btd,vd->btv", x, params["embed"]["tok"].astype(dtype),
+                            preferred_element_type=jnp.float32)
+    else:
+        logits = jnp.einsum("btd,dv->btv", x, params["lm_head"]["w"].astype(dtype),
+                            preferred_element_type=jnp.float32)
+    return logits, cache

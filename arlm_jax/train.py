@@ -1,0 +1,149 @@
+"""The optimizer and one pure, jit-compiled train step (and its eval twin).
+
+The training loop with data, logging and checkpoints lives in ``trainer.py``; this file is
+what other JAX code reuses: ``make_optimizer``, ``init_state``, ``make_train_step``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from arlm_jax.config import ModelConfig, TrainConfig
+from arlm_jax.loss import loss_fn
+from arlm_jax.model import init
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training: a pytree, donated to each step."""
+
+    step: Array  # int32 []
+    params: dict
+    opt_state: optax.OptState
+
+
+def lr_schedule(tc: TrainConfig) -> optax.Schedule:
+    """Linear warmup, then cosine decay to lr*min_lr_ratio, constant, or warmup-stable-decay."""
+    warm = min(tc.warmup_steps, tc.steps)
+    low = tc.lr * tc.min_lr_ratio
+    warmup = optax.linear_schedule(tc.lr / max(warm, 1), tc.lr, max(warm, 1))
+    rest = max(tc.steps - warm, 1)
+    if tc.schedule == "constant":
+        main = optax.constant_schedule(tc.lr)
+    elif tc.schedule == "cosine":
+        main = optax.cosine_decay_schedule(tc.lr, rest, alpha=tc.min_lr_ratio)
+    else:  # wsd: hold the peak, then decay linearly over the last decay_fraction of all steps
+        decay = max(int(round(tc.decay_fraction * tc.steps)), 1)
+        stable = max(rest - decay, 0)
+        main = optax.join_schedules(
+            [optax.constant_schedule(tc.lr), optax.linear_schedule(tc.lr, low, decay)], [stable])
+    if warm == 0:
+        return main
+    return optax.join_schedules([warmup, main], [warm])
+
+
+def weight_decay_mask(params: dict, decay_all: bool = False) -> dict:
+    """True for the matmul weights (names starting with ``w``); norms, biases, embeddings and the
+    relative-position table are not decayed unless ``decay_all``."""
+    def decide(path: tuple, _leaf: Array) -> bool:
+        name = getattr(path[-1], "key", str(path[-1]))
+        return decay_all or name.startswith("w")
+    return jax.tree_util.tree_map_with_path(decide, params)
+
+
+def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
+    """AdamW on the schedule, after global-norm clipping (``grad_clip`` 0 disables clipping)."""
+    adamw = optax.adamw(lr_schedule(tc), b1=tc.beta1, b2=tc.beta2, eps=tc.eps,
+                        weight_decay=tc.weight_decay,
+                        mask=partial(weight_decay_mask, decay_all=tc.decay_norms_biases_embeddings))
+    if tc.grad_clip > 0:
+        return optax.chain(optax.clip_by_global_norm(tc.grad_clip), adamw)
+    return adamw
+
+
+def init_state(key: Array, cfg: ModelConfig, optimizer: optax.GradientTransformation) -> TrainState:
+    """Fresh parameters and optimizer state at step 0."""
+    params = init(key, cfg)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+
+def _grads(params: dict, batch: dict, cfg: ModelConfig, tc: TrainConfig, key: Array
+           ) -> tuple[dict, dict]:
+    """Gradient of the token-mean loss over the whole batch, accumulated over micro-batches.
+
+    batch["tokens"] [B, T+1]. With grad_accum = A the batch is split into A micro-batches of
+    B/A rows scanned in sequence; each micro loss is weighted by its share of the batch's
+    tokens, so the summed gradient equals the full-batch gradient exactly.
+    """
+    tokens = batch["tokens"]
+    mask = batch.get("mask")
+    if mask is None:
+        mask = jnp.ones((tokens.shape[0], tokens.shape[1] - 1), jnp.float32)
+    total = jnp.maximum(mask.sum(), 1.0)
+    a = tc.grad_accum
+
+    def micro(params: dict, mb: dict, k: Array) -> tuple[Array, dict]:
+        loss, m = loss_fn(params, mb, cfg, dropout_key=k, z_loss=tc.z_loss)
+        return loss * (m["tokens"] / total), m
+
+    grad_fn = jax.grad(micro, has_aux=True)
+    if a == 1:
+        grads, m = grad_fn(params, {"tokens": tokens, "mask": mask}, key)
+        return grads, {k: m[k] for k in ("nll_sum", "correct", "tokens")}
+
+    split = lambda x: x.reshape(a, x.shape[0] // a, *x.shape[1:])  # noqa: E731
+    mbs = {"tokens": split(tokens), "mask": split(mask)}
+    keys = jax.random.split(key, a)
+
+    def body(acc: tuple, inp: tuple) -> tuple[tuple, None]:
+        g_acc, m_acc = acc
+        mb, k = inp
+        g, m = grad_fn(params, mb, k)
+        g_acc = jax.tree.map(jnp.add, g_acc, g)
+        m_acc = {n: m_acc[n] + m[n] for n in m_acc}
+        return (g_acc, m_acc), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    m0 = {n: jnp.zeros((), jnp.float32) for n in ("nll_sum", "correct", "tokens")}
+    (grads, m), _ = jax.lax.scan(body, (zeros, m0), (mbs, keys))
+    return grads, m
+
+
+def make_train_step(cfg: ModelConfig, tc: TrainConfig, optimizer: optax.GradientTransformation,
+                    **jit_kwargs):
+    """A jitted ``step(state, batch) -> (state, metrics)`` with the state donated.
+
+    batch["tokens"] int32 [B, T+1], optional batch["mask"] float [B, T]. The dropout key is
+    ``fold_in(key(seed), step)``, so a resumed run draws exactly the masks it would have.
+    Metrics: loss (mean NLL of the batch), accuracy, grad_norm, lr, tokens.
+    """
+    schedule = lr_schedule(tc)
+    base_key = jax.random.key(tc.seed + 1)
+
+    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        key = jax.random.fold_in(base_key, state.step)
+        grads, m = _grads(state.params, batch, cfg, tc, key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        n = jnp.maximum(m["tokens"], 1.0)
+        metrics = {"loss": m["nll_sum"] / n, "accuracy": m["correct"] / n,
+                   "grad_norm": optax.global_norm(grads), "lr": schedule(state.step),
+                   "tokens": m["tokens"]}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return jax.jit(step, donate_argnums=0, **jit_kwargs)
+
+
+def make_eval_step(cfg: ModelConfig, **jit_kwargs):
+    """A jitted ``eval_step(params, batch) -> {nll_sum, correct, tokens}`` (sums, to combine)."""
+    def eval_step(params: dict, batch: dict) -> dict:
+        _, m = loss_fn(params, batch, cfg)
+        return {k: m[k] for k in ("nll_sum", "correct", "tokens")}
+    return jax.jit(eval_step, **jit_kwargs)
