@@ -48,27 +48,27 @@ class ModelConfig:
       K kv heads, G = H // K query heads per kv head, E head_dim, F d_ff, V vocab, L layers.
     """
 
-    vocab_size: int = 257
-    n_layers: int = 2
-    n_heads: int = 4
+    vocab_size: int = 257  # token ids; `arlm train` sets it to the tokenizer's unless given
+    n_layers: int = 2  # Transformer blocks
+    n_heads: int = 4  # query heads; head_dim = d_model / n_heads
     n_kv_heads: int | None = None  # None -> n_heads (MHA); 1 -> MQA; else GQA
-    d_model: int = 64
+    d_model: int = 64  # residual stream width
     d_ff: int | None = None  # None -> 4*d_model (gelu) or 8/3*d_model rounded to 64 (swiglu)
     max_len: int = 128  # context length: longest sequence the model is trained / decoded at
     pos: str = "learned"  # learned | sinusoidal | rope | alibi | relative
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_position: str = "pre"  # pre | post
     mlp: str = "gelu"  # gelu | swiglu
-    tie_embeddings: bool = True
+    tie_embeddings: bool = True  # output projection = token embedding transposed
     bias: bool = True  # biases in attention / MLP projections and layernorm
     dropout: float = 0.0  # applied only when forward() is given a dropout key
     dtype: str = "float32"  # compute dtype; params, softmax and loss stay float32
     remat: str = "none"  # none | full | dots (save matmul outputs only)
-    rope_theta: float = 10000.0
+    rope_theta: float = 10000.0  # RoPE base frequency
     rel_buckets: int = 32  # T5 relative-position buckets
-    rel_max_distance: int = 128
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
+    rel_max_distance: int = 128  # T5 relative positions: distance of the last bucket
+    norm_eps: float = 1e-5  # epsilon inside the norms
+    init_std: float = 0.02  # std of the normal init (residual outputs also / sqrt(2 n_layers))
 
     # ---- derived -------------------------------------------------------------------
     @property
@@ -196,30 +196,32 @@ def model_preset(name: str) -> ModelConfig:
 class TrainConfig:
     """Optimisation, schedule, logging and checkpointing of a training run."""
 
-    steps: int = 1500
+    steps: int = 600  # optimizer steps (the default demo takes about 3 minutes on 2 CPU cores)
     batch_size: int = 16  # sequences per optimizer step (split over grad_accum micro-batches)
     seq_len: int | None = None  # None -> model.max_len
-    grad_accum: int = 1
-    lr: float = 3e-3
+    grad_accum: int = 1  # micro-batches per step (same gradient, less memory)
+    lr: float = 3e-3  # peak learning rate
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio (cosine / wsd)
     schedule: str = "cosine"  # cosine | constant | wsd (warmup-stable-decay)
-    warmup_steps: int = 100
+    warmup_steps: int = 50  # linear warmup from lr/warmup_steps to lr
     decay_fraction: float = 0.2  # wsd: last fraction of steps that decays
-    weight_decay: float = 0.1
-    decay_norms_biases_embeddings: bool = False
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
+    weight_decay: float = 0.1  # AdamW decoupled weight decay of the matmul weights
+    decay_norms_biases_embeddings: bool = False  # also decay norms, biases and embeddings
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.95  # AdamW second-moment decay
+    eps: float = 1e-8  # AdamW epsilon
     grad_clip: float = 1.0  # global-norm clipping; 0 disables
     z_loss: float = 0.0  # coefficient of the log(Z)^2 auxiliary loss
-    seed: int = 0
-    eval_every: int = 250
-    eval_batches: int = 8
-    log_every: int = 10
-    ckpt_every: int = 500
-    keep_checkpoints: int = 3
-    out_dir: str = "runs/demo"
-    progress: bool = True
+    seed: int = 0  # init, dropout and batch order
+    eval_every: int = 200  # steps between validations (and one at the end)
+    eval_batches: int = 8  # validation batches of batch_size fixed windows each
+    log_every: int = 10  # steps between metric fetches (progress bar, JSONL, NaN check)
+    ckpt_every: int = 200  # steps between checkpoints (and one at the end)
+    keep_checkpoints: int = 3  # newest checkpoints kept on disk
+    out_dir: str = "runs/demo"  # run folder: config.json, metrics.jsonl, checkpoints/, loss.png
+    progress: bool = True  # live progress bar (off: a log line every log_every steps)
+    sample_prompt: str = "def "  # prompt of the greedy sample printed at the end
+    sample_tokens: int = 120  # tokens in that sample (0: no sample)
 
     def validate(self) -> "TrainConfig":
         p = "train"
@@ -231,6 +233,7 @@ class TrainConfig:
         _positive(self, "lr", p)
         for name in ("warmup_steps", "weight_decay", "grad_clip", "z_loss", "min_lr_ratio", "eps"):
             _positive(self, name, p, allow_zero=True)
+        _positive(self, "sample_tokens", p, allow_zero=True)
         _choice(self, "schedule", SCHEDULES, p)
         if not 0.0 < self.decay_fraction <= 1.0:
             raise ConfigError(f"train.decay_fraction={self.decay_fraction} must be in (0, 1]")

@@ -134,7 +134,7 @@ def make_train_step(cfg: ModelConfig, tc: TrainConfig, optimizer: optax.Gradient
         params = optax.apply_updates(state.params, updates)
         n = jnp.maximum(m["tokens"], 1.0)
         metrics = {"loss": m["nll_sum"] / n, "accuracy": m["correct"] / n,
-                   "grad_norm": optax.global_norm(grads), "lr": schedule(state.step),
+                   "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step),
                    "tokens": m["tokens"]}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
