@@ -128,7 +128,19 @@ def test_tiny_repetitive_corpus_is_learned(tmp_path):
     res = train(run, out=open("/dev/null", "w"))
     assert res.val["loss"] < 0.05 and res.val["accuracy"] > 0.99
     assert res.sample.startswith("abcdefghabcdefgh")
-    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    try:
+        import matplotlib  # noqa: F401  (the optional [plot] extra)
+        assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    except ImportError:
+        assert not (tmp_path / "run" / "loss.png").exists()
+
+
+def test_plot_is_skipped_with_a_note_without_matplotlib(tmp_path, monkeypatch):
+    from arlm_jax.trainer import plot_losses
+    (tmp_path / "m.jsonl").write_text('{"split": "train", "step": 1, "loss": 2.0}\n')
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # import now fails
+    assert "matplotlib is not installed" in plot_losses(tmp_path / "m.jsonl", tmp_path / "l.png")
+    assert not (tmp_path / "l.png").exists()
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus, monkeypatch):

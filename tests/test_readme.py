@@ -1,0 +1,20 @@
+"""The README's promises: its Python example runs, and .ci/run runs its test command."""
+
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_python_quickstart_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert blocks
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), {})
+
+
+def test_ci_runs_the_readme_test_command():
+    commands = re.findall(r"```bash\n(.*?)\n```", README, re.S)
+    test_cmd = next(c for c in commands if "pytest" in c)
+    assert test_cmd in (ROOT / ".ci" / "run").read_text().splitlines()
