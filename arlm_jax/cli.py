@@ -140,6 +140,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from arlm_jax.tokenizer import load_tokenizer, tokenizer_identity
     from arlm_jax.train import make_eval_step
     from arlm_jax.trainer import evaluate, load_run
+    if args.batches < 1:
+        raise ConfigError(f"--batches={args.batches} must be > 0")
     run, params, meta = load_run(args.run_dir, args.step)
     data_cfg = dataclasses.replace(run.data, corpus=args.corpus or run.data.corpus)
     enc = load_tokenizer(data_cfg.tokenizer)
@@ -233,7 +235,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_unknown(parser: argparse.ArgumentParser, extra: list[str], argv: list[str]) -> None:
+def _check_unknown(parser: argparse.ArgumentParser, extra: list[str]) -> None:
     options = [o for a in parser._subparsers._group_actions for sp in a.choices.values()  # noqa: SLF001
                for o in sp._option_string_actions]  # noqa: SLF001
     bad = next((e for e in extra if e.startswith("-")), extra[0])
@@ -252,19 +254,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:
-            _check_unknown(parser, extra, argv)
+            _check_unknown(parser, extra)
         return args.func(args)
     except ConfigError as err:
         print(f"arlm: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    except Exception as err:  # TrainingDiverged and friends: one line, not a traceback
+    except RuntimeError as err:  # a diverged run: one line, not a traceback
         from arlm_jax.trainer import TrainingDiverged
-        if isinstance(err, TrainingDiverged):
-            print(f"arlm: error: {err}", file=sys.stderr)
-            return 1
-        raise
+        if not isinstance(err, TrainingDiverged):
+            raise
+        print(f"arlm: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ class ModelConfig:
     dropout: float = 0.0  # applied only when forward() is given a dropout key
     dtype: str = "float32"  # compute dtype; params, softmax and loss stay float32
     remat: str = "none"  # none | full | dots (save matmul outputs only)
+    scan_unroll: int = 1  # blocks per lax.scan iteration (n_layers unrolls fully: faster steps, slower compile)
     rope_theta: float = 10000.0  # RoPE base frequency
     rel_buckets: int = 32  # T5 relative-position buckets
     rel_max_distance: int = 128  # T5 relative positions: distance of the last bucket
@@ -90,7 +91,7 @@ class ModelConfig:
     def validate(self) -> "ModelConfig":
         p = "model"
         for name in ("vocab_size", "n_layers", "n_heads", "d_model", "max_len", "rel_buckets",
-                     "rel_max_distance"):
+                     "rel_max_distance", "scan_unroll"):
             _positive(self, name, p)
         if self.n_kv_heads is not None:
             _positive(self, "n_kv_heads", p)

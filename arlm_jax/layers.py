@@ -122,21 +122,31 @@ def attention(q: Array, k: Array, v: Array, mask: Array, bias: Array | None = No
     q [B, T, H, E], k and v [B, S, K, E] with H % K == 0, mask [B, T, S] bool,
     bias [B, H, T, S] float32 or None -> [B, T, H, E] in q's dtype. Scores and softmax
     are float32; masked entries use finfo.min, not -inf, so fully masked rows stay finite.
+
+    Layout, chosen by measurement on XLA:CPU (docs/benchmarks.md): the G = H // K query
+    heads that share a kv head are folded into the query axis, so both matmuls are plain
+    4-D batched matmuls [B, K, G*T, E] x [B, K, S, E] (a 5-D [B, K, G, T, E] form is ~2x
+    slower there). The softmax is normalised after the PV product (divide [.., E] rather
+    than [.., S]), as flash attention does; dropout then drops unnormalised weights.
     """
     b, t, h, e = q.shape
-    kh = k.shape[2]
+    s, kh = k.shape[1], k.shape[2]
     g = h // kh
-    qg = q.reshape(b, t, kh, g, e)
-    scores = jnp.einsum("btkge,bske->bkgts", qg, k, preferred_element_type=jnp.float32)
-    scores = scores * (1.0 / math.sqrt(e))
+    qf = q.reshape(b, t, kh, g, e).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, e)  # [B, K, G*T, E]
+    kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, S, E]
+    scores = jnp.einsum("bkqe,bkse->bkqs", qf, kt, preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / math.sqrt(e))  # [B, K, G*T, S]
     if bias is not None:
-        scores = scores + bias.reshape(b, kh, g, t, -1)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
+        scores = scores + bias.reshape(b, kh, g * t, s)
+    m = jnp.broadcast_to(mask[:, None], (b, g, t, s)).reshape(b, 1, g * t, s)
+    scores = jnp.where(m, scores, jnp.finfo(jnp.float32).min)
+    w = jnp.exp(scores - jax.lax.stop_gradient(scores.max(-1, keepdims=True)))
+    denom = w.sum(-1, keepdims=True)  # [B, K, G*T, 1]
     if dropout_key is not None and dropout_rate > 0.0:
-        probs = dropout(probs, dropout_rate, dropout_key)
-    out = jnp.einsum("bkgts,bske->btkge", probs.astype(v.dtype), v)
-    return out.reshape(b, t, h, e)
+        w = dropout(w, dropout_rate, dropout_key)
+    out = jnp.einsum("bkqs,bkse->bkqe", w.astype(v.dtype), vt, preferred_element_type=jnp.float32)
+    out = (out / denom).astype(q.dtype)
+    return out.reshape(b, kh, g, t, e).transpose(0, 3, 1, 2, 4).reshape(b, t, h, e)
 
 
 # ---- MLP and dropout ---------------------------------------------------------------------

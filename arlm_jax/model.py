@@ -156,7 +156,7 @@ def forward(params: dict, tokens: Array, cfg: ModelConfig, cache: None = None, *
     if cfg.remat != "none":
         body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
     layer_keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.n_layers)
-    x, _ = jax.lax.scan(body, x, (params["blocks"], layer_keys))
+    x, _ = jax.lax.scan(body, x, (params["blocks"], layer_keys), unroll=cfg.scan_unroll)
 
     if cfg.norm_position == "pre":
         x = layers.apply_norm(params["final_norm"], x, cfg.norm, cfg.norm_eps)

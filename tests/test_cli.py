@@ -111,6 +111,8 @@ def test_tokenizer_train_command(tmp_path, corpus, capsys):
     (["train", "--config", "/nonexistent.json"], "--config='/nonexistent.json' cannot be read"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["eval", "/nonexistent/run"], "is missing or unreadable; give the out_dir of a training run"),
+    (["eval", "/nonexistent/run", "--batches", "0"], "--batches=0 must be > 0"),
+    (["tokenizer", "train", "--vocab-size", "100"], "vocab_size=100 must be >= 257"),
 ])
 def test_bad_input_is_one_line(argv, needle, capsys):
     code, _, err = arlm(*argv, capsys=capsys)

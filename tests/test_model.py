@@ -65,7 +65,8 @@ OPTION_GRID = [
     dict(pos=p, norm=n, norm_position=np_, mlp=m, n_kv_heads=kv, tie_embeddings=tie, bias=bias)
     for (p, n, np_, m, kv, tie, bias) in itertools.product(
         POS, ["layernorm", "rmsnorm"], ["pre", "post"], ["gelu", "swiglu"], [4, 2, 1], [True, False], [True])
-][::7] + [dict(bias=False), dict(dtype="bfloat16"), dict(remat="full"), dict(remat="dots"), dict(dropout=0.1)]
+][::7] + [dict(bias=False), dict(dtype="bfloat16"), dict(remat="full"), dict(remat="dots"), dict(dropout=0.1),
+           dict(scan_unroll=2)]
 
 
 @pytest.mark.parametrize("opts", OPTION_GRID, ids=str)
@@ -134,6 +135,14 @@ def test_remat_same_loss_and_grads(remat):
     np.testing.assert_allclose(l0, l1, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_unrolled_scan_is_the_same_function():
+    params = _randomise(A.init(jax.random.key(0), tiny(n_kv_heads=2)))
+    toks = _tokens(tiny())
+    l1 = jax.jit(lambda p, x: A.forward(p, x, tiny(n_kv_heads=2))[0])(params, toks)
+    l2 = jax.jit(lambda p, x: A.forward(p, x, tiny(n_kv_heads=2, scan_unroll=2))[0])(params, toks)
+    np.testing.assert_allclose(np.asarray(l1), np.asarray(l2), rtol=1e-6, atol=1e-6)
 
 
 def test_positions_argument_shifts_learned_and_rope():
