@@ -10,7 +10,6 @@ with it and with the byte tokenizer. Prints JSON and writes it to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -18,7 +17,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from results_io import write_result  # noqa: E402
 from arlm_jax.data import iter_documents, split_doc_ids  # noqa: E402
 from arlm_jax.tokenizer import byte_encoding, encode_batch, train_bpe  # noqa: E402
 
@@ -54,10 +55,7 @@ def main() -> None:
         "val_encode_mbytes_per_s": val_bytes / encode_s / 1e6,
         "python": platform.python_version(), "cpu_count": os.cpu_count(),
     }
-    path = Path(args.out or Path(__file__).parent / "results" / f"bench_tokenizer_{args.vocab_size}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(result, args.out, f"bench_tokenizer_{args.vocab_size}.json")
 
 
 if __name__ == "__main__":

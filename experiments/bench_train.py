@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import statistics
@@ -26,7 +25,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from results_io import write_result  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
@@ -198,10 +199,7 @@ def main() -> None:
     results = [bench(n, args.steps or (20 if n == "small" else 10), args.warmup, peak, with_torch)
                for n in names]
     out = results[0] if len(results) == 1 else {"results": results}
-    path = Path(args.out or Path(__file__).parent / "results" / f"bench_train_{args.config}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2))
+    write_result(out, args.out, f"bench_train_{args.config}.json")
 
 
 if __name__ == "__main__":
