@@ -128,10 +128,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from arlm_jax.tokenizer import load_tokenizer
     from arlm_jax.trainer import train
     run, explicit = build_run(args)
+    enc = load_tokenizer(run.data.tokenizer)
     if "model.vocab_size" not in explicit:  # the vocabulary follows the tokenizer unless set
-        n_vocab = load_tokenizer(run.data.tokenizer).n_vocab
-        run = dataclasses.replace(run, model=dataclasses.replace(run.model, vocab_size=n_vocab))
-    train(run, resume=args.resume)
+        run = dataclasses.replace(run, model=dataclasses.replace(run.model, vocab_size=enc.n_vocab))
+    train(run, resume=args.resume, enc=enc)
     return 0
 
 

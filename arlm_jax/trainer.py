@@ -21,10 +21,11 @@ from typing import TextIO
 
 import jax
 import numpy as np
+import tiktoken
 
 from arlm_jax import data as data_lib
 from arlm_jax.checkpoint import CheckpointError, Checkpointer
-from arlm_jax.config import ConfigError, RunConfig, to_dict
+from arlm_jax.config import ConfigError, RunConfig, from_dict, to_dict
 from arlm_jax.flops import flops_per_token, peak_flops
 from arlm_jax.generate import greedy_uncached
 from arlm_jax.loss import bits_per_byte, perplexity
@@ -128,14 +129,16 @@ def _progress(total: int, initial: int, enabled: bool):
                 file=sys.stderr)
 
 
-def train(run: RunConfig, *, resume: bool = False, out: TextIO | None = None) -> TrainResult:
+def train(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
+          enc: tiktoken.Encoding | None = None) -> TrainResult:
     """Train ``run`` (resuming from its out_dir's newest checkpoint when ``resume``); reports go
-    to ``out`` (default stdout), the progress bar to stderr."""
+    to ``out`` (default stdout), the progress bar to stderr. ``enc`` is ``run.data.tokenizer``
+    already loaded, if the caller has it."""
     run.validate()
     tc, cfg, seq = run.train, run.model, run.seq_len
     out = out or sys.stdout
     say = lambda msg: print(msg, file=out, flush=True)  # noqa: E731
-    enc = load_tokenizer(run.data.tokenizer)
+    enc = enc or load_tokenizer(run.data.tokenizer)
     if cfg.vocab_size < enc.n_vocab:
         raise ConfigError(f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer's "
                           f"{enc.n_vocab} ids; set model.vocab_size >= {enc.n_vocab}")
@@ -267,7 +270,6 @@ def train(run: RunConfig, *, resume: bool = False, out: TextIO | None = None) ->
 
 def load_run(run_dir: str | Path, step: int | None = None) -> tuple[RunConfig, dict, dict]:
     """(config, params, meta) of a training run's checkpoint (default: the newest)."""
-    from arlm_jax.config import from_dict
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     try:
