@@ -122,6 +122,14 @@ def attention(q: Array, k: Array, v: Array, mask: Array, bias: Array | None = No
     q [B, T, H, E], k and v [B, S, K, E] with H % K == 0, mask [B, T, S] bool,
     bias [B, H, T, S] float32 or None -> [B, T, H, E] in q's dtype. Scores and softmax
     are float32; masked entries use finfo.min, not -inf, so fully masked rows stay finite.
+    """
+    return attention_core(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask, bias,
+                          dropout_rate, dropout_key)
+
+
+def attention_core(q: Array, kt: Array, vt: Array, mask: Array, bias: Array | None = None,
+                   dropout_rate: float = 0.0, dropout_key: Array | None = None) -> Array:
+    """``attention`` with keys and values head-major: kt, vt [B, K, S, E] (the KV-cache layout).
 
     Layout, chosen by measurement on XLA:CPU (docs/benchmarks.md): the G = H // K query
     heads that share a kv head are folded into the query axis, so both matmuls are plain
@@ -130,11 +138,10 @@ def attention(q: Array, k: Array, v: Array, mask: Array, bias: Array | None = No
     than [.., S]), as flash attention does; dropout then drops unnormalised weights.
     """
     b, t, h, e = q.shape
-    s, kh = k.shape[1], k.shape[2]
+    kh, s = kt.shape[1], kt.shape[2]
     g = h // kh
     qf = q.reshape(b, t, kh, g, e).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, e)  # [B, K, G*T, E]
-    kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, S, E]
-    scores = jnp.einsum("bkqe,bkse->bkqs", qf, kt, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("bkqe,bkse->bkqs", qf, kt.astype(q.dtype), preferred_element_type=jnp.float32)
     scores = scores * (1.0 / math.sqrt(e))  # [B, K, G*T, S]
     if bias is not None:
         scores = scores + bias.reshape(b, kh, g * t, s)
@@ -144,7 +151,8 @@ def attention(q: Array, k: Array, v: Array, mask: Array, bias: Array | None = No
     denom = w.sum(-1, keepdims=True)  # [B, K, G*T, 1]
     if dropout_key is not None and dropout_rate > 0.0:
         w = dropout(w, dropout_rate, dropout_key)
-    out = jnp.einsum("bkqs,bkse->bkqe", w.astype(v.dtype), vt, preferred_element_type=jnp.float32)
+    out = jnp.einsum("bkqs,bkse->bkqe", w.astype(q.dtype), vt.astype(q.dtype),
+                     preferred_element_type=jnp.float32)
     out = (out / denom).astype(q.dtype)
     return out.reshape(b, kh, g, t, e).transpose(0, 3, 1, 2, 4).reshape(b, t, h, e)
 

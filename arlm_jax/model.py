@@ -22,8 +22,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from arlm_jax import layers
+from arlm_jax import kvcache, layers
 from arlm_jax.config import ModelConfig
+from arlm_jax.kvcache import KVCache
 
 Array = jax.Array
 
@@ -76,8 +77,13 @@ def init(key: Array, cfg: ModelConfig) -> dict:
 
 
 def _attention_block(p: dict, x: Array, positions: Array, mask: Array, bias: Array | None,
-                     cfg: ModelConfig, key: Array | None) -> Array:
-    """Self-attention sub-layer. x [B, T, D] -> [B, T, D]."""
+                     cfg: ModelConfig, key: Array | None, kv: tuple | None) -> tuple[Array, tuple | None]:
+    """Self-attention sub-layer. x [B, T, D] -> ([B, T, D], kv).
+
+    ``kv`` is None (attend over this call's T tokens) or (k_buf, v_buf, layer, starts) from the
+    KV cache: the new keys and values are written at each row's offset, then the queries attend
+    over all S slots of this layer.
+    """
     q = jnp.einsum("btd,dhe->bthe", x, p["wq"])
     k = jnp.einsum("btd,dke->btke", x, p["wk"])
     v = jnp.einsum("btd,dke->btke", x, p["wv"])
@@ -86,47 +92,85 @@ def _attention_block(p: dict, x: Array, positions: Array, mask: Array, bias: Arr
     if cfg.pos == "rope":
         q = layers.apply_rope(q, positions, cfg.rope_theta)
         k = layers.apply_rope(k, positions, cfg.rope_theta)
-    o = layers.attention(q, k, v, mask, bias, cfg.dropout, key)
+    if kv is None:
+        o = layers.attention(q, k, v, mask, bias, cfg.dropout, key)
+    else:
+        k_buf, v_buf, layer, starts = kv
+        k_buf = kvcache.write_layer(k_buf, layer, k, starts)
+        v_buf = kvcache.write_layer(v_buf, layer, v, starts)
+        o = layers.attention_core(q, k_buf[layer], v_buf[layer], mask, bias, cfg.dropout, key)
+        kv = (k_buf, v_buf, layer, starts)
     out = jnp.einsum("bthe,hed->btd", o, p["wo"])
     if "bo" in p:
         out = out + p["bo"]
-    return out
+    return out, kv
 
 
 def _block(cfg: ModelConfig, x: Array, p: dict, key: Array | None, positions: Array, mask: Array,
-           bias: Array | None) -> Array:
-    """One Transformer block, pre- or post-norm. x [B, T, D] -> [B, T, D]."""
+           bias: Array | None, kv: tuple | None = None) -> tuple[Array, tuple | None]:
+    """One Transformer block, pre- or post-norm. x [B, T, D] -> ([B, T, D], kv)."""
     keys = (None,) * 3 if key is None else tuple(jax.random.split(key, 3))
     drop = (lambda y, k: y) if key is None else (lambda y, k: layers.dropout(y, cfg.dropout, k))
     norm = lambda q, y: layers.apply_norm(q, y, cfg.norm, cfg.norm_eps)  # noqa: E731
     if cfg.norm_position == "pre":
-        h = _attention_block(p["attn"], norm(p["attn_norm"], x), positions, mask, bias, cfg, keys[0])
+        h, kv = _attention_block(p["attn"], norm(p["attn_norm"], x), positions, mask, bias, cfg, keys[0], kv)
         x = x + drop(h, keys[1])
         x = x + drop(layers.mlp(p["mlp"], norm(p["mlp_norm"], x), cfg.mlp), keys[2])
     else:
-        h = _attention_block(p["attn"], x, positions, mask, bias, cfg, keys[0])
+        h, kv = _attention_block(p["attn"], x, positions, mask, bias, cfg, keys[0], kv)
         x = norm(p["attn_norm"], x + drop(h, keys[1]))
         x = norm(p["mlp_norm"], x + drop(layers.mlp(p["mlp"], x, cfg.mlp), keys[2]))
-    return x
+    return x, kv
 
 
 _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots}
 
 
-def forward(params: dict, tokens: Array, cfg: ModelConfig, cache: None = None, *,
+def forward(params: dict, tokens: Array, cfg: ModelConfig, cache: KVCache | None = None, *,
             positions: Array | None = None, dropout_key: Array | None = None
-            ) -> tuple[Array, None]:
+            ) -> tuple[Array, KVCache | None]:
     """Logits of the next token at every position.
 
-    tokens int32 [B, T]; positions int32 [B, T] (default 0..T-1 per row) -> (logits float32
-    [B, T, V], cache). Dropout is applied only when ``dropout_key`` is given and
-    ``cfg.dropout > 0`` (i.e. in training). ``cache`` is the KV-cache slot of the decoding
-    engine; without one this is the plain full-sequence forward and returns ``None`` for it.
+    tokens int32 [B, T] -> (logits float32 [B, T, V], cache). Without a cache this is the plain
+    full-sequence forward; ``positions`` int32 [B, T] defaults to 0..T-1 per row, and the
+    returned cache is None. With a cache, row b's tokens take positions (and slots)
+    ``cache.lengths[b] .. + T - 1``, attend to everything the cache holds before them, and the
+    returned cache holds them too (lengths + T). Dropout is applied only when ``dropout_key``
+    is given and ``cfg.dropout > 0`` (i.e. in training).
+    """
+    x, cache = hidden(params, tokens, cfg, cache, positions=positions, dropout_key=dropout_key)
+    return head(params, x, cfg), cache
+
+
+def head(params: dict, x: Array, cfg: ModelConfig) -> Array:
+    """Output projection of final hidden states. x [..., D] -> float32 logits [..., V]."""
+    dtype = DTYPES[cfg.dtype]
+    if cfg.tie_embeddings:
+        return jnp.einsum("...d,vd->...v", x, params["embed"]["tok"].astype(dtype),
+                          preferred_element_type=jnp.float32)
+    return jnp.einsum("...d,dv->...v", x, params["lm_head"]["w"].astype(dtype),
+                      preferred_element_type=jnp.float32)
+
+
+def hidden(params: dict, tokens: Array, cfg: ModelConfig, cache: KVCache | None = None, *,
+           positions: Array | None = None, dropout_key: Array | None = None
+           ) -> tuple[Array, KVCache | None]:
+    """``forward`` without the output projection: final hidden states [B, T, D] and the cache.
+
+    Decoding uses it to project only the positions it samples from.
     """
     dtype = DTYPES[cfg.dtype]
     b, t = tokens.shape
-    if positions is None:
-        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    steps = jnp.arange(t, dtype=jnp.int32)
+    if cache is not None:
+        if positions is not None:
+            raise ValueError("forward: positions come from cache.lengths when a cache is given")
+        positions = cache.lengths[:, None] + steps  # slot == position
+        k_pos = jnp.broadcast_to(jnp.arange(cache.capacity, dtype=jnp.int32), (b, cache.capacity))
+    else:
+        if positions is None:
+            positions = jnp.broadcast_to(steps, (b, t))
+        k_pos = positions
     if cfg.dropout <= 0.0:
         dropout_key = None
     cast = lambda tree: jax.tree.map(lambda a: a.astype(dtype), tree)  # noqa: E731
@@ -141,29 +185,31 @@ def forward(params: dict, tokens: Array, cfg: ModelConfig, cache: None = None, *
         dropout_key, k0 = jax.random.split(dropout_key)
         x = layers.dropout(x, cfg.dropout, k0)
 
-    mask = layers.causal_mask(positions, positions)  # [B, T, T]
+    mask = layers.causal_mask(positions, k_pos)  # [B, T, S]
     bias = None
     if cfg.pos == "alibi":
-        bias = layers.alibi_bias(positions, positions, cfg.n_heads)
+        bias = layers.alibi_bias(positions, k_pos, cfg.n_heads)
     elif cfg.pos == "relative":
-        bias = layers.relative_bias(params["rel_bias"], positions, positions, cfg.rel_max_distance)
+        bias = layers.relative_bias(params["rel_bias"], positions, k_pos, cfg.rel_max_distance)
 
-    def body(x: Array, inp: tuple) -> tuple[Array, None]:
-        p, key = inp
+    def body(carry: tuple, inp: tuple) -> tuple[tuple, None]:
+        x, bufs = carry
+        p, key, layer = inp
         p = {**p, "attn": cast(p["attn"]), "mlp": cast(p["mlp"])}  # norms stay float32
-        return _block(cfg, x, p, key, positions, mask, bias), None
+        kv = None if bufs is None else (*bufs, layer, cache.lengths)
+        x, kv = _block(cfg, x, p, key, positions, mask, bias, kv)
+        return (x, None if kv is None else kv[:2]), None
 
     if cfg.remat != "none":
         body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
     layer_keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.n_layers)
-    x, _ = jax.lax.scan(body, x, (params["blocks"], layer_keys), unroll=cfg.scan_unroll)
+    bufs = None if cache is None else (cache.k, cache.v)
+    layer_ids = jnp.arange(cfg.n_layers, dtype=jnp.int32)
+    (x, bufs), _ = jax.lax.scan(body, (x, bufs), (params["blocks"], layer_keys, layer_ids),
+                                unroll=cfg.scan_unroll)
+    if cache is not None:
+        cache = KVCache(k=bufs[0], v=bufs[1], lengths=cache.lengths + t)
 
     if cfg.norm_position == "pre":
         x = layers.apply_norm(params["final_norm"], x, cfg.norm, cfg.norm_eps)
-    if cfg.tie_embeddings:
-        logits = jnp.einsum("btd,vd->btv", x, params["embed"]["tok"].astype(dtype),
-                            preferred_element_type=jnp.float32)
-    else:
-        logits = jnp.einsum("btd,dv->btv", x, params["lm_head"]["w"].astype(dtype),
-                            preferred_element_type=jnp.float32)
-    return logits, cache
+    return x, cache

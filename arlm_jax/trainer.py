@@ -27,9 +27,9 @@ from arlm_jax import data as data_lib
 from arlm_jax.checkpoint import CheckpointError, Checkpointer
 from arlm_jax.config import ConfigError, RunConfig, from_dict, to_dict
 from arlm_jax.flops import flops_per_token, peak_flops
-from arlm_jax.generate import greedy_uncached
+from arlm_jax.generate import generate
 from arlm_jax.loss import bits_per_byte, perplexity
-from arlm_jax.tokenizer import decode, encode, load_tokenizer, tokenizer_identity
+from arlm_jax.tokenizer import decode, encode, eot_id, load_tokenizer, tokenizer_identity
 from arlm_jax.train import TrainState, init_state, make_eval_step, make_optimizer, make_train_step
 
 # Fields that may change between a run and its --resume: they steer logging and saving,
@@ -262,8 +262,10 @@ def train(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
     say(plot_losses(metrics_path, run_dir / "loss.png"))
     sample = ""
     if tc.sample_tokens:
-        prompt = encode(enc, tc.sample_prompt)
-        sample = tc.sample_prompt + decode(enc, greedy_uncached(state.params, cfg, prompt, tc.sample_tokens))
+        prompt = (encode(enc, tc.sample_prompt) or [eot_id(enc)])[-(cfg.max_len - 1):]
+        n = min(tc.sample_tokens, cfg.max_len - len(prompt) + 1)  # what the context has room for
+        gen = generate(state.params, cfg, [prompt], jax.random.key(0), max_new_tokens=n)
+        sample = tc.sample_prompt + decode(enc, gen.tokens[0, :int(gen.lengths[0])].tolist())
         say(f"greedy sample:\n{sample}")
     return TrainResult(state=state, val=final, sample=sample, start_step=start)
 

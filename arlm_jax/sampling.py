@@ -1,0 +1,228 @@
+"""Logits processors and samplers: pure functions on float32 logits [..., V].
+
+Each processor maps logits to logits and works alone, under ``jit`` and under ``vmap``; every
+parameter may be a scalar or one value per row (shape [...], broadcast against the leading
+axes of the logits), so rows of one batch can sample differently. Removed tokens get
+``finfo(float32).min``, never -inf, so a softmax over them stays finite.
+
+``Sampler`` bundles the parameters; ``process`` applies them in this fixed order, as Hugging
+Face's warpers do:
+
+  1. banned tokens removed
+  2. penalties: repetition (CTRL: divide positive logits, multiply negative ones, for every token
+     seen in the prompt or the output), then presence and frequency (OpenAI: subtract
+     ``presence * [count > 0] + frequency * count`` over the output tokens)
+  3. temperature (0 means greedy: the row takes the argmax of the penalised logits)
+  4. top-k, 5. top-p (nucleus), 6. min-p — each on the distribution left by the step before.
+
+A field left at None is off for the whole batch and costs nothing; per row, the neutral values
+(top_k 0, top_p 1, min_p 0, penalties 1 / 0 / 0) turn a filter off.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from arlm_jax.config import ConfigError
+
+Array = jax.Array
+NEG = float(jnp.finfo(jnp.float32).min)
+
+
+def _col(x: Any) -> Array:
+    """A scalar or per-row [...] parameter as [..., 1], to broadcast over the vocab axis."""
+    return jnp.asarray(x)[..., None]
+
+
+def _masked(logits: Array, keep: Array) -> Array:
+    return jnp.where(keep, logits, NEG)
+
+
+# ---- processors: logits [..., V] -> logits [..., V] -------------------------------------------
+def ban_tokens(logits: Array, banned: Array) -> Array:
+    """Remove banned tokens. banned bool [V] or [..., V]."""
+    return _masked(logits, ~banned)
+
+
+def repetition_penalty(logits: Array, seen: Array, penalty: Any) -> Array:
+    """CTRL / Hugging Face rule on tokens already seen (bool [..., V]): positive logits are
+    divided by ``penalty``, negative ones multiplied (penalty > 1 discourages repeats)."""
+    p = _col(penalty)
+    penalised = jnp.where(logits > 0, logits / p, logits * p)
+    return jnp.where(seen, penalised, logits)
+
+
+def presence_frequency_penalty(logits: Array, counts: Array, presence: Any, frequency: Any) -> Array:
+    """OpenAI rule: subtract ``presence`` once for every token that occurred and ``frequency``
+    per occurrence. counts int [..., V] of the tokens generated so far."""
+    c = counts.astype(jnp.float32)
+    return logits - _col(presence) * (c > 0) - _col(frequency) * c
+
+
+def temperature(logits: Array, t: Any) -> Array:
+    """Divide by the temperature; rows with t == 0 are left unscaled (they decode greedily)."""
+    t = _col(t)
+    return logits / jnp.where(t > 0, t, 1.0)
+
+
+def _sorted_desc(logits: Array) -> Array:
+    return -jnp.sort(-logits, axis=-1)
+
+
+def _top_k_threshold(sorted_desc: Array, k: Any) -> Array:
+    """Smallest logit kept by top-k, [..., 1]; k <= 0 or k >= V keeps everything."""
+    v = sorted_desc.shape[-1]
+    k = jnp.broadcast_to(_col(k), sorted_desc.shape[:-1] + (1,)).astype(jnp.int32)
+    kth = jnp.take_along_axis(sorted_desc, jnp.clip(k - 1, 0, v - 1), axis=-1)
+    return jnp.where((k <= 0) | (k >= v), NEG, kth)
+
+
+def _top_p_threshold(sorted_desc: Array, p: Any) -> Array:
+    """Smallest logit kept by nucleus sampling, [..., 1]: the shortest prefix of the sorted
+    distribution whose probability reaches p (always at least one token; p >= 1 keeps all)."""
+    probs = jax.nn.softmax(sorted_desc, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly before each token
+    n_keep = jnp.maximum(jnp.sum(before < _col(p), axis=-1, keepdims=True), 1)  # [..., 1]
+    cut = jnp.take_along_axis(sorted_desc, n_keep - 1, axis=-1)
+    return jnp.where(_col(p) >= 1.0, NEG, cut)
+
+
+def top_k(logits: Array, k: Any) -> Array:
+    """Keep the k highest logits (ties with the k-th are kept, as in Hugging Face)."""
+    return _masked(logits, logits >= _top_k_threshold(_sorted_desc(logits), k))
+
+
+def top_p(logits: Array, p: Any) -> Array:
+    """Nucleus filter: keep the most likely tokens whose total probability first reaches p."""
+    return _masked(logits, logits >= _top_p_threshold(_sorted_desc(logits), p))
+
+
+def min_p(logits: Array, p: Any) -> Array:
+    """Keep tokens whose probability is at least p times the most likely token's (p = 0: all)."""
+    floor = logits.max(axis=-1, keepdims=True) + jnp.log(_col(p))
+    return _masked(logits, logits >= floor)
+
+
+def top_k_top_p(logits: Array, k: Any, p: Any) -> Array:
+    """``top_p(top_k(logits, k), p)`` with a single sort of the vocabulary (either may be None)."""
+    s = _sorted_desc(logits)
+    floor = jnp.full(logits.shape[:-1] + (1,), NEG)
+    if k is not None:
+        floor = _top_k_threshold(s, k)
+        s = _masked(s, s >= floor)  # top-k removes a suffix of the sorted order
+    if p is not None:
+        floor = jnp.maximum(floor, _top_p_threshold(s, p))
+    return _masked(logits, logits >= floor)
+
+
+# ---- the bundle --------------------------------------------------------------------------------
+@flax.struct.dataclass
+class Sampler:
+    """Sampling parameters; each a scalar, or an array [B] with one value per row.
+
+    The values are traced under jit (changing them does not recompile); which fields are None
+    is part of the compiled program. ``Sampler()`` is pure sampling at temperature 1.
+    """
+
+    temperature: Any = 1.0  # 0 = greedy
+    top_k: Any = None  # keep the k most likely (0 = off)
+    top_p: Any = None  # nucleus mass in (0, 1] (1 = off)
+    min_p: Any = None  # in [0, 1] (0 = off)
+    repetition_penalty: Any = None  # > 0 (1 = off)
+    presence_penalty: Any = None  # (0 = off)
+    frequency_penalty: Any = None  # (0 = off)
+    banned: Any = None  # bool [V] or [B, V]; see ``banned_mask``
+
+    @property
+    def uses_history(self) -> bool:
+        return any(x is not None for x in (self.repetition_penalty, self.presence_penalty,
+                                           self.frequency_penalty))
+
+    def validate(self) -> "Sampler":
+        """One-line ConfigError for out-of-range values (concrete values only)."""
+        def check(name: str, ok, allowed: str) -> None:
+            value = getattr(self, name)
+            if value is None or isinstance(value, jax.core.Tracer):
+                return
+            arr = np.asarray(value)
+            if not np.all(ok(arr)):
+                shown = arr.item() if arr.size == 1 else arr.tolist()
+                raise ConfigError(f"sampler.{name}={shown} is not allowed; it must be {allowed}")
+
+        check("temperature", lambda a: a >= 0, ">= 0 (0 = greedy)")
+        check("top_k", lambda a: (a >= 0) & (a == np.round(a)), "an integer >= 0 (0 = off)")
+        check("top_p", lambda a: (a > 0) & (a <= 1), "in (0, 1]")
+        check("min_p", lambda a: (a >= 0) & (a <= 1), "in [0, 1]")
+        check("repetition_penalty", lambda a: a > 0, "> 0 (1 = off)")
+        check("presence_penalty", np.isfinite, "a finite number")
+        check("frequency_penalty", np.isfinite, "a finite number")
+        return self
+
+
+def banned_mask(token_ids: list[int], vocab_size: int) -> Array:
+    """bool [V] with the given ids set, for ``Sampler(banned=...)``."""
+    bad = [t for t in token_ids if not 0 <= t < vocab_size]
+    if bad:
+        raise ConfigError(f"banned token ids {bad} are outside the vocabulary 0..{vocab_size - 1}")
+    return jnp.zeros((vocab_size,), bool).at[jnp.asarray(token_ids, jnp.int32)].set(True)
+
+
+@flax.struct.dataclass
+class History:
+    """What the penalties look at: seen bool [B, V] (prompt or output), counts int32 [B, V] (output)."""
+
+    seen: Array
+    counts: Array
+
+
+def init_history(prompts: Array, lengths: Array, vocab_size: int) -> History:
+    """History of right-padded prompts [B, T] with ``lengths`` [B] real tokens."""
+    b, t = prompts.shape
+    real = jnp.arange(t)[None, :] < lengths[:, None]
+    seen = jnp.zeros((b, vocab_size), jnp.int32).at[jnp.arange(b)[:, None], prompts].add(real) > 0
+    return History(seen=seen, counts=jnp.zeros((b, vocab_size), jnp.int32))
+
+
+def update_history(h: History, tokens: Array, live: Array) -> History:
+    """Record tokens [B] for the rows where ``live`` [B] is true."""
+    rows = jnp.arange(tokens.shape[0])
+    return History(seen=h.seen.at[rows, tokens].set(h.seen[rows, tokens] | live),
+                   counts=h.counts.at[rows, tokens].add(live.astype(jnp.int32)))
+
+
+def process(logits: Array, s: Sampler, history: History | None = None) -> tuple[Array, Array]:
+    """Apply the sampler's processors in the documented order.
+
+    logits [..., V] -> (penalised logits, final logits), both float32 [..., V]: the first is
+    what greedy rows take the argmax of, the second what sampling rows draw from.
+    """
+    logits = logits.astype(jnp.float32)
+    if s.banned is not None:
+        logits = ban_tokens(logits, s.banned)
+    if s.repetition_penalty is not None:
+        logits = repetition_penalty(logits, history.seen | (history.counts > 0), s.repetition_penalty)
+    if s.presence_penalty is not None or s.frequency_penalty is not None:
+        zero_if_none = lambda x: 0.0 if x is None else x  # noqa: E731
+        logits = presence_frequency_penalty(logits, history.counts, zero_if_none(s.presence_penalty),
+                                            zero_if_none(s.frequency_penalty))
+    out = temperature(logits, s.temperature)
+    if s.top_k is not None or s.top_p is not None:
+        out = top_k_top_p(out, s.top_k, s.top_p)
+    if s.min_p is not None:
+        out = min_p(out, s.min_p)
+    return logits, out
+
+
+def sample(key: Array, logits: Array, s: Sampler | None, history: History | None = None) -> Array:
+    """Next token of each row, int32 [...]. ``s`` None is greedy (argmax, no randomness)."""
+    if s is None:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    penalised, final = process(logits, s, history)
+    drawn = jax.random.categorical(key, final, axis=-1)
+    greedy = jnp.argmax(penalised, axis=-1)
+    return jnp.where(jnp.asarray(s.temperature) == 0, greedy, drawn).astype(jnp.int32)
