@@ -8,11 +8,11 @@ axes of the logits), so rows of one batch can sample differently. Removed tokens
 ``Sampler`` bundles the parameters; ``process`` applies them in this fixed order, as Hugging
 Face's warpers do:
 
-  1. banned tokens removed
-  2. penalties: repetition (CTRL: divide positive logits, multiply negative ones, for every token
+  1. penalties: repetition (CTRL: divide positive logits, multiply negative ones, for every token
      seen in the prompt or the output), then presence and frequency (OpenAI: subtract
      ``presence * [count > 0] + frequency * count`` over the output tokens)
-  3. temperature (0 means greedy: the row takes the argmax of the penalised logits)
+  2. temperature (0 means greedy: the row takes the argmax of the penalised logits)
+  3. banned tokens removed (after the arithmetic, so a removed logit is never scaled)
   4. top-k, 5. top-p (nucleus), 6. min-p — each on the distribution left by the step before.
 
 A field left at None is off for the whole batch and costs nothing; per row, the neutral values
@@ -202,8 +202,6 @@ def process(logits: Array, s: Sampler, history: History | None = None) -> tuple[
     what greedy rows take the argmax of, the second what sampling rows draw from.
     """
     logits = logits.astype(jnp.float32)
-    if s.banned is not None:
-        logits = ban_tokens(logits, s.banned)
     if s.repetition_penalty is not None:
         logits = repetition_penalty(logits, history.seen | (history.counts > 0), s.repetition_penalty)
     if s.presence_penalty is not None or s.frequency_penalty is not None:
@@ -211,6 +209,8 @@ def process(logits: Array, s: Sampler, history: History | None = None) -> tuple[
         logits = presence_frequency_penalty(logits, history.counts, zero_if_none(s.presence_penalty),
                                             zero_if_none(s.frequency_penalty))
     out = temperature(logits, s.temperature)
+    if s.banned is not None:
+        logits, out = ban_tokens(logits, s.banned), ban_tokens(out, s.banned)
     if s.top_k is not None or s.top_p is not None:
         out = top_k_top_p(out, s.top_k, s.top_p)
     if s.min_p is not None:

@@ -130,3 +130,24 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray, mask: np.ndarray | No
             total += w * (lse - row[targets[b, t]])
             n += w
     return total / max(n, 1.0)
+
+
+def greedy_uncached(params: dict, cfg: ModelConfig, prompt: list[int], n_new: int) -> list[int]:
+    """Greedy decoding with no KV cache: the full forward over the whole sequence for every new
+    token (left-aligned in a [1, max_len] buffer, so one compiled program serves every step)."""
+    import jax
+    import jax.numpy as jnp
+
+    from arlm_jax.model import forward
+
+    @jax.jit
+    def next_token(params, buf, length):
+        logits, _ = forward(params, buf, cfg)
+        return jnp.argmax(logits[0, length - 1])
+
+    ids = list(prompt)
+    for _ in range(n_new):
+        buf = np.zeros((1, cfg.max_len), np.int32)
+        buf[0, :len(ids)] = ids
+        ids.append(int(next_token(params, jnp.asarray(buf), len(ids))))
+    return ids[len(prompt):]

@@ -8,17 +8,10 @@ import pytest
 
 import arlm_jax as A
 from arlm_jax.config import MODEL_PRESETS, ConfigError, ModelConfig
-from conftest import tiny
+from conftest import randomise, tiny
 import reference
 
 POS = ["learned", "sinusoidal", "rope", "alibi", "relative"]
-
-
-def _randomise(params, seed=1):
-    """Non-trivial values everywhere (init leaves biases at 0 and norm scales at 1)."""
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
 
 
 def _tokens(cfg, b=2, t=12, seed=3):
@@ -29,7 +22,7 @@ def _tokens(cfg, b=2, t=12, seed=3):
 @pytest.mark.parametrize("kv", [4, 2, 1])
 def test_causal_every_position_encoding(pos, kv):
     cfg = tiny(pos=pos, n_kv_heads=kv)
-    params = _randomise(A.init(jax.random.key(0), cfg))
+    params = randomise(A.init(jax.random.key(0), cfg))
     toks = _tokens(cfg, t=16)
     fwd = jax.jit(lambda p, x: A.forward(p, x, cfg)[0])
     base = fwd(params, toks)
@@ -54,7 +47,7 @@ REFERENCE_CASES = [
 @pytest.mark.parametrize("opts", REFERENCE_CASES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "gpt2")
 def test_forward_matches_numpy_reference(opts):
     cfg = tiny(**opts)
-    params = _randomise(A.init(jax.random.key(0), cfg))
+    params = randomise(A.init(jax.random.key(0), cfg))
     toks = _tokens(cfg, t=14)
     ours = np.asarray(jax.jit(lambda p, x: A.forward(p, x, cfg)[0])(params, toks))
     ref = reference.forward(jax.tree.map(np.asarray, params), np.asarray(toks), cfg)
@@ -102,7 +95,7 @@ def test_tied_and_untied_output():
 def test_bfloat16_compute_close_to_float32():
     cfg32 = tiny()
     cfg16 = tiny(dtype="bfloat16")
-    params = _randomise(A.init(jax.random.key(0), cfg32))
+    params = randomise(A.init(jax.random.key(0), cfg32))
     toks = _tokens(cfg32)
     l32 = jax.jit(lambda p, x: A.forward(p, x, cfg32)[0])(params, toks)
     l16 = jax.jit(lambda p, x: A.forward(p, x, cfg16)[0])(params, toks)
@@ -128,7 +121,7 @@ def test_dropout_only_with_a_key():
 
 @pytest.mark.parametrize("remat", ["full", "dots"])
 def test_remat_same_loss_and_grads(remat):
-    params = _randomise(A.init(jax.random.key(0), tiny()))
+    params = randomise(A.init(jax.random.key(0), tiny()))
     toks = _tokens(tiny(), t=9)
     f = lambda cfg: jax.jit(jax.value_and_grad(lambda p: A.loss_fn(p, {"tokens": toks}, cfg)[0]))(params)
     (l0, g0), (l1, g1) = f(tiny()), f(tiny(remat=remat))
@@ -138,7 +131,7 @@ def test_remat_same_loss_and_grads(remat):
 
 
 def test_unrolled_scan_is_the_same_function():
-    params = _randomise(A.init(jax.random.key(0), tiny(n_kv_heads=2)))
+    params = randomise(A.init(jax.random.key(0), tiny(n_kv_heads=2)))
     toks = _tokens(tiny())
     l1 = jax.jit(lambda p, x: A.forward(p, x, tiny(n_kv_heads=2))[0])(params, toks)
     l2 = jax.jit(lambda p, x: A.forward(p, x, tiny(n_kv_heads=2, scan_unroll=2))[0])(params, toks)
@@ -148,7 +141,7 @@ def test_unrolled_scan_is_the_same_function():
 def test_positions_argument_shifts_learned_and_rope():
     for pos in ("learned", "rope", "sinusoidal"):
         cfg = tiny(pos=pos)
-        params = _randomise(A.init(jax.random.key(0), cfg))
+        params = randomise(A.init(jax.random.key(0), cfg))
         toks = _tokens(cfg, b=1, t=6)
         fwd = jax.jit(lambda p, x, q: A.forward(p, x, cfg, positions=q)[0])
         base = fwd(params, toks, jnp.arange(6)[None])

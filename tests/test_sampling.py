@@ -1,0 +1,116 @@
+"""Samplers against a plain numpy twin: exact filters, empirical frequencies, per-row parameters."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from arlm_jax import sampling as S
+
+LOGITS = np.array([2.0, 1.5, 1.2, 0.3, 0.0, -0.5, -1.0, -3.0], np.float32)  # V = 8
+
+
+# ---- the numpy twin: target distributions written from the definitions --------------------------
+def softmax(x):
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def target(logits, temperature=1.0, k=0, p=1.0, min_p=0.0):
+    """Renormalised sampling distribution after temperature, top-k, top-p, min-p (in that order)."""
+    probs = softmax(np.asarray(logits, np.float64) / temperature)
+    keep = np.ones(len(probs), bool)
+    order = np.argsort(-probs, kind="stable")
+    if k:
+        keep[order[k:]] = False
+    if p < 1.0:
+        q = np.where(keep, probs, 0) / np.where(keep, probs, 0).sum()
+        mass, kept = 0.0, np.zeros(len(q), bool)
+        for i in order:  # smallest prefix reaching p
+            if mass >= p:
+                break
+            kept[i], mass = True, mass + q[i]
+        keep &= kept
+    if min_p:
+        q = np.where(keep, probs, 0)
+        keep &= q >= min_p * q.max()
+    out = np.where(keep, probs, 0)
+    return out / out.sum()
+
+
+CASES = [dict(temperature=0.7), dict(temperature=1.8), dict(k=3), dict(p=0.8), dict(min_p=0.3),
+         dict(temperature=1.4, k=5, p=0.9, min_p=0.1)]
+
+
+def _sampler(temperature=1.0, k=0, p=1.0, min_p=0.0):
+    return S.Sampler(temperature=temperature, top_k=k or None, top_p=p if p < 1 else None,
+                     min_p=min_p or None)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_empirical_frequencies_match_target(case):
+    n = 40_000
+    logits = jnp.broadcast_to(jnp.asarray(LOGITS), (n, len(LOGITS)))
+    toks = jax.jit(S.sample, static_argnums=())(jax.random.key(0), logits, _sampler(**case))
+    freq = np.bincount(np.asarray(toks), minlength=len(LOGITS)) / n
+    want = target(LOGITS, **case)
+    assert np.all(freq[want == 0] == 0), "a filtered-out token was drawn"
+    tv = 0.5 * np.abs(freq - want).sum()
+    assert tv < 0.01, (freq, want)  # the sampling error at n = 40k is ~0.004
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_filters_match_numpy_exactly(case):
+    _, final = S.process(jnp.asarray(LOGITS), _sampler(**case))
+    kept = np.asarray(final) > S.NEG
+    np.testing.assert_array_equal(kept, target(LOGITS, **case) > 0)
+    np.testing.assert_allclose(np.asarray(jax.nn.softmax(final)), target(LOGITS, **case), atol=1e-6)
+
+
+def test_top_k_one_and_temperature_zero_are_greedy():
+    logits = jax.random.normal(jax.random.key(1), (16, 50)) * 3
+    keys = jax.random.split(jax.random.key(2), 5)
+    want = np.argmax(np.asarray(logits), -1)
+    for k in keys:
+        np.testing.assert_array_equal(S.sample(k, logits, S.Sampler(top_k=1)), want)
+        np.testing.assert_array_equal(S.sample(k, logits, S.Sampler(temperature=0.0, top_p=0.3)), want)
+    np.testing.assert_array_equal(S.sample(keys[0], logits, None), want)
+
+
+def test_per_row_parameters_equal_rows_alone_and_vmap():
+    logits = jax.random.normal(jax.random.key(1), (4, 30)) * 2
+    s = S.Sampler(temperature=jnp.array([0.5, 1.0, 0.0, 2.0]), top_k=jnp.array([0, 5, 3, 10]),
+                  top_p=jnp.array([1.0, 0.9, 0.5, 0.7]), min_p=jnp.array([0.0, 0.05, 0.0, 0.2]))
+    _, batch = S.process(logits, s)
+    rows = jax.vmap(lambda l, t, k, p, m: S.process(l, S.Sampler(temperature=t, top_k=k, top_p=p, min_p=m))[1])(
+        logits, s.temperature, s.top_k, s.top_p, s.min_p)
+    np.testing.assert_array_equal(batch, rows)
+    for r in range(4):
+        one = S.Sampler(temperature=float(s.temperature[r]), top_k=int(s.top_k[r]), top_p=float(s.top_p[r]),
+                        min_p=float(s.min_p[r]))
+        np.testing.assert_array_equal(batch[r], S.process(logits[r], one)[1])
+
+
+def test_penalties_follow_the_documented_formulas_and_order():
+    logits = jnp.asarray([[2.0, -1.0, 0.5, 3.0, -2.0]])
+    prompt, lengths = jnp.asarray([[0, 1, 4]]), jnp.asarray([2])  # token 4 is padding
+    h = S.init_history(prompt, lengths, 5)
+    h = S.update_history(h, jnp.asarray([3]), jnp.asarray([True]))
+    h = S.update_history(h, jnp.asarray([3]), jnp.asarray([True]))
+    h = S.update_history(h, jnp.asarray([2]), jnp.asarray([False]))  # a finished row records nothing
+    s = S.Sampler(temperature=2.0, repetition_penalty=1.5, presence_penalty=0.25, frequency_penalty=0.5,
+                  banned=S.banned_mask([2], 5))
+    penalised, final = S.process(logits, s, h)
+    # repetition over prompt + output (tokens 0, 1, 3); presence/frequency over the output (3 twice)
+    want = np.array([2.0 / 1.5, -1.0 * 1.5, S.NEG, 3.0 / 1.5 - 0.25 - 2 * 0.5, -2.0])
+    np.testing.assert_allclose(penalised[0], want, rtol=1e-6)
+    np.testing.assert_allclose(final[0, [0, 1, 3, 4]], want[[0, 1, 3, 4]] / 2.0, rtol=1e-6)
+    assert float(final[0, 2]) == S.NEG
+
+
+def test_processors_compose_and_stay_finite():
+    logits = jnp.asarray([[1.0, 1.0, 1.0, -50.0]])
+    out = S.min_p(S.top_p(S.top_k(S.temperature(logits, 0.5), 3), 0.6), 0.5)
+    assert np.isfinite(np.asarray(out)).all()
+    assert np.asarray(out > S.NEG).sum() == 3  # ties at the cut are all kept
+    np.testing.assert_array_equal(S.top_k_top_p(logits, 2, 0.5), S.top_p(S.top_k(logits, 2), 0.5))
