@@ -2,6 +2,7 @@
 
     arlm train [--preset NAME] [--config FILE] [--resume] [--model.n_layers 6 --train.lr 3e-4 ...]
     arlm eval RUN_DIR [--step N] [--corpus SPEC] [--split val|train] [--batches N] [--json]
+    arlm generate --checkpoint RUN_DIR --prompt TEXT [--temperature T --top-p P --beams W ...]
     arlm tokenizer train --vocab-size N [--corpus SPEC] [--pattern gpt2|cl100k] [--out FILE]
     arlm info [--preset NAME] [--config FILE] [--model.* ...]
 
@@ -25,6 +26,7 @@ import tomllib
 import typing
 from pathlib import Path
 
+from arlm_jax import cli_generate
 from arlm_jax.config import (MODEL_PRESETS, ConfigError, DataConfig, ModelConfig, RunConfig,
                              TrainConfig, from_dict, model_preset, to_dict)
 
@@ -219,6 +221,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's train.batch_size")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
+
+    cli_generate.add_parser(sub)
 
     p = sub.add_parser("tokenizer", help="tokenizer tools")
     tsub = p.add_subparsers(dest="tokenizer_command", required=True, parser_class=_Parser)

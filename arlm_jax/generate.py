@@ -72,16 +72,20 @@ def normalize_stop(stop: Any) -> Stop:
     return tuple(out)
 
 
-def pad_prompts(prompts: Sequence[Sequence[int]], bucket: int = 16, pad_id: int = 0
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad token lists to a length that is a multiple of ``bucket``.
+def pad_prompts(prompts: Sequence[Sequence[int]], bucket: int = 16, pad_id: int = 0,
+                max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad token lists to a length that is a multiple of ``bucket`` (but not past
+    ``max_len`` when the longest prompt fits in it).
 
     -> (tokens int32 [B, T], lengths int32 [B]). Every prompt must hold at least one token.
     """
     lengths = np.array([len(p) for p in prompts], np.int32)
     if len(prompts) == 0 or lengths.min() == 0:
         raise ConfigError("prompt: empty prompt; give at least one token (e.g. a newline or <|endoftext|>)")
-    t = int(-(-lengths.max() // bucket) * bucket)
+    longest = int(lengths.max())
+    t = -(-longest // bucket) * bucket
+    if max_len is not None and longest <= max_len:
+        t = min(t, max_len)
     tokens = np.full((len(prompts), t), pad_id, np.int32)
     for i, p in enumerate(prompts):
         tokens[i, :len(p)] = p
@@ -256,10 +260,12 @@ def _decode_jit(params, cfg, state, sampler, n_steps, stop, pad_id):
 
 def stream(params: dict, cfg: ModelConfig, prompts: Any, key: Array, *, max_new_tokens: int,
            sampler: Sampler | None = None, stop: Any = None, lengths: Any = None,
-           chunk: int = 8, pad_id: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Generate like ``generate`` but yield (tokens [B, n], done [B]) as chunks of up to ``chunk``
-    steps are ready. Every chunk runs the same compiled ``chunk``-step scan (the state is donated,
-    so the cache is reused in place); it stops early once every row is done."""
+           chunk: int = 8, pad_id: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Generate like ``generate`` but yield (tokens [B, n], lengths [B], done [B]) as chunks of up
+    to ``chunk`` steps are ready; ``lengths`` counts each row's real tokens so far (a row that
+    stops inside a chunk pads the rest of it). Every chunk runs the same compiled ``chunk``-step
+    scan (the state is donated, so the cache is reused in place); it stops early once every row
+    is done."""
     prompts, lengths = _check_inputs(cfg, prompts, lengths, max_new_tokens, sampler)
     stop = normalize_stop(stop)
     n_chunks = -(-(max_new_tokens - 1) // chunk)
@@ -267,10 +273,12 @@ def stream(params: dict, cfg: ModelConfig, prompts: Any, key: Array, *, max_new_
     # gets the whole chunks' room where the context allows it.
     capacity = min(prompts.shape[1] + n_chunks * chunk, cfg.max_len)
     state, tok, _ = _prefill_jit(params, cfg, prompts, lengths, key, sampler, capacity, stop, pad_id)
-    yield np.asarray(tok)[:, None], np.asarray(state.done)
+    yield np.asarray(tok)[:, None], np.asarray(state.n_out), np.asarray(state.done)
     left = max_new_tokens - 1
     while left > 0 and not bool(np.all(state.done)):
         state, toks, _ = _decode_jit(params, cfg, state, sampler, chunk, stop, pad_id)
         n = min(chunk, left)
         left -= n
-        yield np.asarray(toks)[:, :n], np.asarray(state.done)
+        toks = np.asarray(toks)[:, :n]  # steps past max_new_tokens are dropped, so are their counts
+        lengths = np.minimum(np.asarray(state.n_out), max_new_tokens - left)
+        yield toks, lengths, np.asarray(state.done)

@@ -133,9 +133,10 @@ def test_stream_equals_generate_and_compiles_one_chunk_program():
     whole = A.generate(params, cfg, toks, jax.random.key(0), max_new_tokens=15, lengths=lens)
     before = _decode_jit._cache_size()
     chunks = list(A.stream(params, cfg, toks, jax.random.key(0), max_new_tokens=15, lengths=lens, chunk=4))
-    got = np.concatenate([c for c, _ in chunks], axis=1)
+    got = np.concatenate([c for c, _, _ in chunks], axis=1)
     np.testing.assert_array_equal(got, whole.tokens)
-    assert [c.shape[1] for c, _ in chunks] == [1, 4, 4, 4, 2]
+    assert [c.shape[1] for c, _, _ in chunks] == [1, 4, 4, 4, 2]
+    np.testing.assert_array_equal(chunks[-1][1], whole.lengths)
     assert _decode_jit._cache_size() == before + 1
 
 

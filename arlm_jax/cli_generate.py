@@ -1,0 +1,155 @@
+"""``arlm generate``: text from a checkpoint, streamed as it is produced.
+
+    arlm generate --checkpoint RUN_DIR --prompt "def " [--max-new-tokens 200] [--temperature 0.8
+        --top-k 50 --top-p 0.95 --min-p 0.05 --repetition-penalty 1.1 --presence-penalty 0
+        --frequency-penalty 0] [--num-samples 4] [--beams 4] [--stop "\\n\\n"] [--seed 0]
+    arlm generate --checkpoint RUN_DIR --prompts-file prompts.txt     # one prompt per line
+
+One prompt and one sample stream to stdout in chunks of ``--chunk`` tokens (every chunk reuses
+one compiled program); a batch (several prompts or samples) prints each row when all are done.
+Generation stops at <|endoftext|> and at every ``--stop`` text (matched as the token sequence
+the tokenizer gives that text; exact with the byte tokenizer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import sys
+from pathlib import Path
+
+from arlm_jax.config import ConfigError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate text from a checkpoint (sampling or beam search)",
+                       description=__doc__.split("\n\n")[2].replace("\n", " "))
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the prompt text (escapes such as \\n are read as written)")
+    src.add_argument("--prompts-file", help="a text file with one prompt per line (a batch)")
+    p.add_argument("--checkpoint", required=True, help="the train.out_dir of a training run")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate per row")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass, in (0, 1]")
+    p.add_argument("--min-p", type=float, default=None, help="drop tokens below min-p x the top probability")
+    p.add_argument("--repetition-penalty", type=float, default=None, help="CTRL penalty, > 1 discourages repeats")
+    p.add_argument("--presence-penalty", type=float, default=None, help="subtracted once per seen token")
+    p.add_argument("--frequency-penalty", type=float, default=None, help="subtracted per occurrence")
+    p.add_argument("--beams", type=int, default=None, help="beam search with this width (ignores sampling flags)")
+    p.add_argument("--num-samples", type=int, default=1, help="samples per prompt (with --beams: best beams shown)")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="beam score = log p / length ** this")
+    p.add_argument("--stop", action="append", default=[], help="stop text (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sampler")
+    p.add_argument("--chunk", type=int, default=8, help="tokens per streamed chunk")
+    p.set_defaults(func=cmd_generate)
+
+
+def _unescape(text: str) -> str:
+    """Read backslash escapes (\\n, \\t, \\\\) as the characters they name."""
+    try:
+        return codecs.decode(text.encode("utf-8"), "unicode_escape").encode("latin-1").decode("utf-8")
+    except (UnicodeDecodeError, UnicodeEncodeError) as err:
+        raise ConfigError(f"bad backslash escape in {text!r}; write a literal backslash as \\\\") from err
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    if args.prompt is not None:
+        return [_unescape(args.prompt)]
+    path = Path(args.prompts_file)
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--prompts-file={str(path)!r} cannot be read ({type(err).__name__})") from err
+    if not lines:
+        raise ConfigError(f"--prompts-file={str(path)!r} holds no prompt (one per line)")
+    return [_unescape(ln) for ln in lines]
+
+
+def _sampler(args: argparse.Namespace):
+    from arlm_jax.sampling import Sampler
+    return Sampler(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                   repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
+                   frequency_penalty=args.frequency_penalty).validate()
+
+
+class _TextStream:
+    """Token ids -> text, holding back bytes of a UTF-8 character that is not complete yet."""
+
+    def __init__(self, enc):
+        self.enc = enc
+        self.dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def __call__(self, ids: list[int], final: bool = False) -> str:
+        data = b"".join(self.enc.decode_single_token_bytes(t) for t in ids)
+        return self.dec.decode(data, final=final)
+
+
+def _text(enc, ids) -> str:
+    """Text of generated ids, without the end-of-text token."""
+    return _TextStream(enc)([int(t) for t in ids if int(t) != enc.eot_token], final=True)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import jax
+    import numpy as np
+
+    from arlm_jax.beam import beam_search
+    from arlm_jax.generate import generate, pad_prompts, stream
+    from arlm_jax.tokenizer import encode, eot_id, load_tokenizer, tokenizer_identity
+    from arlm_jax.trainer import load_run
+
+    for name in ("num_samples", "chunk", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
+    if args.beams is not None and not 1 <= args.num_samples <= args.beams:
+        raise ConfigError(f"--num-samples={args.num_samples} must be in 1..--beams={args.beams} with beam search")
+    texts = _prompts(args)
+    sampler = None if args.beams is not None else _sampler(args)
+    run, params, meta = load_run(args.checkpoint, args.step)
+    cfg = run.model
+    enc = load_tokenizer(run.data.tokenizer)
+    if tokenizer_identity(enc) != meta["tokenizer"]:
+        raise ConfigError(f"generate: data.tokenizer={run.data.tokenizer!r} now loads "
+                          f"{tokenizer_identity(enc)}, not the checkpoint's {meta['tokenizer']}")
+    stop = [[eot_id(enc)]] + [encode(enc, _unescape(s)) for s in args.stop if s]
+    ids = [encode(enc, t) for t in texts]
+    if any(not p for p in ids):
+        raise ConfigError("--prompt: empty prompt; give at least one character")
+    key = jax.random.key(args.seed)
+
+    if args.beams is not None:
+        toks, lens = pad_prompts(ids, max_len=cfg.max_len - args.max_new_tokens + 1)
+        res = beam_search(params, cfg, toks, beams=args.beams, max_new_tokens=args.max_new_tokens,
+                          n_best=args.num_samples, length_penalty=args.length_penalty,
+                          stop=[s[0] for s in stop if len(s) == 1], lengths=lens)
+        for r, text in enumerate(texts):
+            for j in range(args.num_samples):
+                n = int(res.lengths[r, j])
+                print(f"--- prompt {r + 1}, beam {j + 1}, score {float(res.scores[r, j]):.4f} ---")
+                print(text + _text(enc, res.tokens[r, j, :n]))
+        return 0
+
+    rows = [p for p in ids for _ in range(args.num_samples)]
+    toks, lens = pad_prompts(rows, max_len=cfg.max_len - args.max_new_tokens + 1)
+    if len(rows) == 1:  # stream
+        out = _TextStream(enc)
+        sys.stdout.write(texts[0])
+        sys.stdout.flush()
+        shown = 0
+        for chunk, n_out, _ in stream(params, cfg, toks, key, max_new_tokens=args.max_new_tokens,
+                                      sampler=sampler, stop=stop, lengths=lens, chunk=args.chunk):
+            real = chunk[0, :int(n_out[0]) - shown].tolist()
+            shown += len(real)
+            sys.stdout.write(out([t for t in real if t != eot_id(enc)]))
+            sys.stdout.flush()
+        sys.stdout.write(out([], final=True) + "\n")
+        return 0
+    res = generate(params, cfg, toks, key, max_new_tokens=args.max_new_tokens, sampler=sampler,
+                   stop=stop, lengths=lens)
+    for r, row in enumerate(rows):
+        n = int(res.lengths[r])
+        print(f"--- prompt {r // args.num_samples + 1}, sample {r % args.num_samples + 1} ---")
+        print(texts[r // args.num_samples] + _text(enc, res.tokens[r, :n]))
+    return 0

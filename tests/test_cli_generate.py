@@ -1,0 +1,87 @@
+"""`arlm generate` on a checkpoint: streaming, batches, beams, stop texts and bad input."""
+
+import jax
+import pytest
+
+from arlm_jax.generate import generate
+from arlm_jax.tokenizer import decode, encode, load_tokenizer
+from arlm_jax.trainer import load_run
+from test_cli import TINY, arlm, one_line_error
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gen")
+    corpus = tmp / "c.txt"
+    corpus.write_text("".join(f"def f{j}(x):\n    return x + {j}\n\n" for j in range(200)))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ARLM_CACHE", str(tmp / "cache"))
+    from arlm_jax import cli
+    assert cli.main(["train", *TINY, "--data.corpus", str(corpus), "--train.out_dir", str(tmp / "run"),
+                     "--train.steps", "30", "--train.lr", "3e-3", "--train.sample_tokens", "0"]) == 0
+    yield tmp / "run"
+    mp.undo()
+
+
+def _greedy_text(run_dir, prompt, n, stop=None):
+    run, params, _ = load_run(run_dir)
+    enc = load_tokenizer(run.data.tokenizer)
+    ids = encode(enc, prompt)
+    out = generate(params, run.model, [ids], jax.random.key(0), max_new_tokens=n,
+                   stop=[[enc.eot_token]] + (stop or []))
+    return prompt + decode(enc, [t for t in out.tokens[0, :int(out.lengths[0])].tolist() if t != enc.eot_token])
+
+
+def test_streamed_greedy_text_equals_the_library(run_dir, capsys):
+    code, out, err = arlm("generate", "--checkpoint", run_dir, "--prompt", "def f1", "--temperature", "0",
+                          "--max-new-tokens", "17", "--chunk", "4", capsys=capsys)
+    assert code == 0, err
+    assert out == _greedy_text(run_dir, "def f1", 17) + "\n"
+
+
+def test_stop_text_ends_the_stream(run_dir, capsys):
+    new = _greedy_text(run_dir, "def f1", 20)[len("def f1"):]
+    stop = new[2]  # a character the greedy continuation produces (byte tokenizer: one token)
+    code, out, err = arlm("generate", "--checkpoint", run_dir, "--prompt", "def f1", "--temperature", "0",
+                          "--max-new-tokens", "20", "--stop", stop, capsys=capsys)
+    assert code == 0, err
+    assert out == "def f1" + new[:new.index(stop) + 1] + "\n"
+
+
+def test_batch_samples_and_beams(run_dir, tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("def f2\n\nreturn\n")
+    code, out, err = arlm("generate", "--checkpoint", run_dir, "--prompts-file", prompts, "--num-samples", "2",
+                          "--temperature", "0.8", "--top-p", "0.9", "--top-k", "20", "--min-p", "0.01",
+                          "--repetition-penalty", "1.1", "--presence-penalty", "0.1",
+                          "--frequency-penalty", "0.1", "--max-new-tokens", "12", "--seed", "3", capsys=capsys)
+    assert code == 0, err
+    for r in (1, 2):
+        for s in (1, 2):
+            assert f"--- prompt {r}, sample {s} ---" in out
+    code, out, err = arlm("generate", "--checkpoint", run_dir, "--prompt", "def", "--beams", "3",
+                          "--num-samples", "2", "--max-new-tokens", "8", capsys=capsys)
+    assert code == 0, err
+    assert "--- prompt 1, beam 1, score" in out and "--- prompt 1, beam 2, score" in out
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--top-p", "1.5"], "sampler.top_p=1.5"),
+    (["--top-k", "-2"], "sampler.top_k=-2"),
+    (["--temperature", "-1"], "sampler.temperature=-1.0"),
+    (["--max-new-tokens", "500"], "exceeds the KV cache"),
+    (["--prompt", ""], "empty prompt"),
+    (["--prompt", "x" * 40], "longer than the context"),
+    (["--num-samples", "3", "--beams", "2"], "--num-samples=3"),
+])
+def test_bad_generate_input_is_one_line(run_dir, extra, needle, capsys):
+    args = ["generate", "--checkpoint", run_dir, "--prompt", "def"]
+    if "--prompt" in extra:
+        args = args[:3]
+    code, _, err = arlm(*args, *extra, capsys=capsys)
+    one_line_error(code, err, needle)
+
+
+def test_missing_checkpoint_is_one_line(tmp_path, capsys):
+    code, _, err = arlm("generate", "--checkpoint", tmp_path / "nope", "--prompt", "x", capsys=capsys)
+    one_line_error(code, err, "nope")
