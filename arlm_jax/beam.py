@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from arlm_jax.config import ConfigError, ModelConfig
 from arlm_jax.generate import _check_inputs, normalize_stop
 from arlm_jax.kvcache import init_cache, select_rows
-from arlm_jax.model import forward, head, hidden
+from arlm_jax.model import forward, head, hidden, unstack_blocks
 
 Array = jax.Array
 DEAD = -1e9  # score of an empty beam slot: far below any reachable sum of log-probs
@@ -86,6 +86,7 @@ def _beam_search(params: dict, cfg: ModelConfig, prompts: Array, lengths: Array,
     b, t = prompts.shape
     w, n = beams, max_new_tokens
     stop_ids = jnp.asarray(stop if stop else (-1,), jnp.int32)
+    params = unstack_blocks(params)
     cache = init_cache(cfg, b, t + n - 1)
     x, cache = hidden(params, prompts, cfg, cache)
     cache = cache.replace(lengths=lengths.astype(jnp.int32))

@@ -30,7 +30,7 @@ import numpy as np
 
 from arlm_jax.config import ConfigError, ModelConfig
 from arlm_jax.kvcache import KVCache, init_cache
-from arlm_jax.model import forward, head, hidden
+from arlm_jax.model import forward, head, hidden, unstack_blocks
 from arlm_jax.sampling import History, Sampler, init_history, sample, update_history
 
 Array = jax.Array
@@ -159,6 +159,7 @@ def decode(params: dict, cfg: ModelConfig, state: DecodeState, n_steps: int,
            sampler: Sampler | None = None, stop: Stop = (), pad_id: int = 0
            ) -> tuple[DecodeState, Array, Array]:
     """``n_steps`` decode steps in one ``lax.scan``. -> (state, tokens [B, n], logprobs [B, n])."""
+    params = unstack_blocks(params)  # outside the loop: each step reads every layer in place
     def body(st: DecodeState, _: None) -> tuple[DecodeState, tuple[Array, Array]]:
         st, tok, logp = decode_step(params, cfg, st, sampler, stop, pad_id)
         return st, (tok, logp)
@@ -172,6 +173,7 @@ def decode_until_done(params: dict, cfg: ModelConfig, state: DecodeState, n_step
                       ) -> tuple[DecodeState, Array, Array]:
     """Like ``decode`` but a ``lax.while_loop`` that stops as soon as every row is done; the
     columns it did not reach hold pad_id and 0."""
+    params = unstack_blocks(params)
     b = state.token.shape[0]
     toks = jnp.full((b, n_steps), pad_id, jnp.int32)
     logps = jnp.zeros((b, n_steps), jnp.float32)
@@ -197,6 +199,7 @@ def _generate(params: dict, cfg: ModelConfig, prompts: Array, lengths: Array, ke
               sampler: Sampler | None, max_new_tokens: int, stop: Stop, early_exit: bool,
               pad_id: int) -> Generation:
     t = prompts.shape[1]
+    params = unstack_blocks(params)  # once, so the loop reads each layer's weights in place
     state, tok, logp = prefill(params, cfg, prompts, lengths, key, t + max_new_tokens - 1,
                                sampler, stop, pad_id)
     loop = decode_until_done if early_exit else decode
@@ -272,6 +275,7 @@ def stream(params: dict, cfg: ModelConfig, prompts: Any, key: Array, *, max_new_
     # The last chunk may run past max_new_tokens (its extra steps are dropped), so the cache
     # gets the whole chunks' room where the context allows it.
     capacity = min(prompts.shape[1] + n_chunks * chunk, cfg.max_len)
+    params = jax.jit(unstack_blocks)(params)  # a per-layer copy shared by every chunk
     state, tok, _ = _prefill_jit(params, cfg, prompts, lengths, key, sampler, capacity, stop, pad_id)
     yield np.asarray(tok)[:, None], np.asarray(state.n_out), np.asarray(state.done)
     left = max_new_tokens - 1

@@ -1,9 +1,15 @@
 """The static-shape KV cache: one pytree carried through prefill, the decode loop and verify.
 
-Layout (chosen so attention reads it without a transpose; see docs/benchmarks.md):
+Layout (chosen by measurement on XLA:CPU, docs/benchmarks.md):
 
-  k, v     [L, B, K, S, E]  compute dtype; only the K kv heads are stored (GQA/MQA save H/K x)
-  lengths  int32 [B]        slots filled per row
+  k, v     tuples of L arrays [B, K, S, E]  compute dtype; only the K kv heads are stored
+                                            (GQA/MQA save H/K x); head-major, so attention reads
+                                            them without a transpose
+  lengths  int32 [B]                        slots filled per row
+
+One array per layer rather than one [L, ...] array: a decode step that reads layer l of a
+stacked cache through a loop index copies it (the whole cache, every step), while separate
+per-layer buffers are read in place and written in place by a B*T-slot scatter.
 
 Slot s of a row holds the token at position s, so positions, masks and positional biases all
 come from slot indices: a query at position p may attend to slots 0..p, which are always
@@ -27,14 +33,14 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 @flax.struct.dataclass
 class KVCache:
-    k: Array  # [L, B, K, S, E]
-    v: Array  # [L, B, K, S, E]
+    k: tuple[Array, ...]  # L x [B, K, S, E]
+    v: tuple[Array, ...]  # L x [B, K, S, E]
     lengths: Array  # int32 [B]
 
     @property
     def capacity(self) -> int:
         """S, the number of slots per row."""
-        return self.k.shape[3]
+        return self.k[0].shape[2]
 
 
 def init_cache(cfg: ModelConfig, batch: int, capacity: int | None = None) -> KVCache:
@@ -42,27 +48,35 @@ def init_cache(cfg: ModelConfig, batch: int, capacity: int | None = None) -> KVC
     capacity = cfg.max_len if capacity is None else capacity
     if not 0 < capacity <= cfg.max_len:
         raise ConfigError(f"cache capacity={capacity} must be in 1..model.max_len={cfg.max_len}")
-    shape = (cfg.n_layers, batch, cfg.kv_heads, capacity, cfg.head_dim)
-    zeros = jnp.zeros(shape, _DTYPES[cfg.dtype])
+    shape = (batch, cfg.kv_heads, capacity, cfg.head_dim)
+    zeros = tuple(jnp.zeros(shape, _DTYPES[cfg.dtype]) for _ in range(cfg.n_layers))
     return KVCache(k=zeros, v=zeros, lengths=jnp.zeros((batch,), jnp.int32))
 
 
-def write_layer(buf: Array, layer: Array, new: Array, starts: Array) -> Array:
-    """Write new keys (or values) of one layer at each row's own offset.
+def write(buf: Array, new: Array, starts: Array) -> Array:
+    """Write one layer's new keys (or values) at each row's own offset.
 
-    buf [L, B, K, S, E], layer int32 scalar, new [B, T, K, E], starts int32 [B] -> buf with
-    slots starts[b] .. starts[b]+T-1 of row b, layer ``layer``, replaced. A scatter of B*T
-    slots, done in place when ``buf`` is a loop carry or donated.
+    buf [B, K, S, E], new [B, T, K, E], starts int32 [B] -> buf with slots
+    starts[b] .. starts[b]+T-1 of row b replaced; done in place when ``buf`` is a loop carry or
+    donated.
     """
-    new = new.astype(buf.dtype).transpose(0, 2, 1, 3)  # [B, K, T, E]
-
-    def one_row(row: Array, upd: Array, start: Array) -> Array:  # row [L, K, S, E]
+    b, t = new.shape[:2]
+    if b == 1:  # one row: a plain dynamic_update_slice, which XLA updates in place
         zero = jnp.zeros((), jnp.int32)
-        return jax.lax.dynamic_update_slice(row, upd[None], (layer, zero, start, zero))
-
-    return jax.vmap(one_row, in_axes=(1, 0, 0), out_axes=1)(buf, new, starts)
+        new = new.astype(buf.dtype).transpose(0, 2, 1, 3)  # [1, K, T, E]
+        buf = jax.lax.dynamic_update_slice(buf, new, (zero, zero, starts[0], zero))
+        return jax.lax.optimization_barrier(buf)
+    rows = jnp.arange(b)[:, None]  # [B, 1]
+    slots = starts[:, None] + jnp.arange(t)[None, :]  # [B, T]
+    # buf[rows, :, slots, :] is the [B, T, K, E] view being replaced; callers keep slots < S.
+    buf = buf.at[rows, :, slots, :].set(new.astype(buf.dtype), unique_indices=True,
+                                        indices_are_sorted=True, mode="promise_in_bounds")
+    # The barrier keeps XLA from fusing a private copy of the update into each reader (the
+    # attention and the loop carry), which costs four copies of the whole buffer per step.
+    return jax.lax.optimization_barrier(buf)
 
 
 def select_rows(cache: KVCache, rows: Array) -> KVCache:
     """Cache of the given rows, in that order (beam search reorders beams with it). rows int32 [B']."""
-    return KVCache(k=cache.k[:, rows], v=cache.v[:, rows], lengths=cache.lengths[rows])
+    take = lambda bufs: tuple(b[rows] for b in bufs)  # noqa: E731
+    return KVCache(k=take(cache.k), v=take(cache.v), lengths=cache.lengths[rows])
