@@ -114,3 +114,23 @@ def test_processors_compose_and_stay_finite():
     assert np.isfinite(np.asarray(out)).all()
     assert np.asarray(out > S.NEG).sum() == 3  # ties at the cut are all kept
     np.testing.assert_array_equal(S.top_k_top_p(logits, 2, 0.5), S.top_p(S.top_k(logits, 2), 0.5))
+
+
+def test_bisection_filters_equal_sort_based_numpy_on_random_rows():
+    """top-k / top-p find their cut by bisection, not a sort: compare with sorting, ties included."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(32, 500)).astype(np.float32) * rng.uniform(0.1, 8, size=(32, 1)).astype(np.float32)
+    logits[:4] = np.round(logits[:4])  # many ties
+    logits[4, :] = -3.0  # all equal
+    ks = rng.integers(0, 600, size=32)
+    ps = rng.uniform(0.01, 1.0, size=32).astype(np.float32)
+    got_k = np.asarray(S.top_k(jnp.asarray(logits), jnp.asarray(ks))) > S.NEG
+    got_p = np.asarray(S.top_p(jnp.asarray(logits), jnp.asarray(ps))) > S.NEG
+    for r in range(32):
+        s = np.sort(logits[r])[::-1]
+        want_k = logits[r] >= s[min(ks[r], 500) - 1] if 0 < ks[r] < 500 else np.ones(500, bool)
+        np.testing.assert_array_equal(got_k[r], want_k)
+        probs = np.exp(s.astype(np.float64) - s[0])
+        probs /= probs.sum()
+        n_keep = max(int(np.sum(np.cumsum(probs) - probs < ps[r])), 1)
+        np.testing.assert_array_equal(got_p[r], logits[r] >= s[n_keep - 1])
