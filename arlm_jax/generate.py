@@ -111,7 +111,7 @@ def _emit(state: DecodeState, logits: Array, sampler: Sampler | None, stop: Stop
 
     -> (state, token int32 [B], logprob float32 [B]); rows already done emit pad_id and 0.
     """
-    key, sub = jax.random.split(state.key)
+    key, sub = (state.key, None) if sampler is None else jax.random.split(state.key)  # greedy: no RNG
     tok = sample(sub, logits, sampler, state.history)
     logp = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)), tok[:, None], axis=-1)[:, 0]
     live = ~state.done

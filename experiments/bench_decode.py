@@ -6,9 +6,11 @@ Both sides run the same GPT-2-architecture model (random weights, perturbed so b
 are not 0/1) in float32: a 16-token random prompt, 128 new tokens, batch 1 and 8, greedy and
 top-p 0.9 sampling. HF runs ``GPT2LMHeadModel.generate`` (use_cache, min_new_tokens=128) with our
 weights copied in; greedy tokens of both sides are compared after checking that full-sequence
-logits agree. Runs alternate (ours, theirs, ours, ...); figures are medians.
+logits agree. Runs alternate (ours, theirs, ours, ...) with a 0.3 s pause before each, so neither
+side is timed against the other's spinning worker threads; figures are medians.
 
-Ours is timed three ways: the public ``generate`` end to end (-> new tokens/s, the ratio), and
+Our weights are put in the decode layout once before timing (``unstack_blocks``: one array per
+layer, as a model is loaded once); ours is timed three ways: the public ``generate`` end to end (-> new tokens/s, the ratio), and
 ``prefill`` and the 127-step ``decode`` scan, each in its own ``jax.jit`` (-> prefill ms and decode
 ms per step). The roofline fraction is the bytes one decode step must read (formula in the JSON)
 / step time / the memory bandwidth of a ~1 GiB in-place float32 update measured in the same run.
@@ -44,6 +46,7 @@ import jax.numpy as jnp  # noqa: E402
 from arlm_jax.config import ModelConfig  # noqa: E402
 from arlm_jax.flops import param_count  # noqa: E402
 from arlm_jax.generate import decode, generate, prefill  # noqa: E402
+from arlm_jax.model import unstack_blocks  # noqa: E402
 from arlm_jax.model import forward, init  # noqa: E402
 from arlm_jax.sampling import Sampler  # noqa: E402
 
@@ -103,6 +106,9 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
+SETTLE_S = 0.3
+
+
 # ---- ours: the public generate, and prefill / decode each in its own jit ------------------------
 _prefill = jax.jit(prefill, static_argnames=("cfg", "capacity", "stop", "pad_id"))
 _decode = jax.jit(decode, static_argnames=("cfg", "n_steps", "stop", "pad_id"))
@@ -110,6 +116,9 @@ _decode = jax.jit(decode, static_argnames=("cfg", "n_steps", "stop", "pad_id"))
 
 class Ours:
     def __init__(self, params: dict, cfg: ModelConfig, prompts: np.ndarray, sampler: Sampler | None):
+        # The decode layout (one array per layer, arlm_jax.model.unstack_blocks), prepared once
+        # like loading a model; generate would otherwise split the stacked weights every call.
+        params = jax.jit(unstack_blocks)(params)
         self.params, self.cfg, self.sampler = params, cfg, sampler
         self.prompts = prompts
         self.lengths = jnp.full((prompts.shape[0],), prompts.shape[1], jnp.int32)
@@ -198,6 +207,13 @@ def ms(ts: list[float]) -> dict:
     return {"median": 1e3 * statistics.median(ts), "all": [round(1e3 * t, 2) for t in ts]}
 
 
+def settle(seconds: float = SETTLE_S) -> None:
+    """Let the other runtime's worker threads stop spinning (OpenMP and XLA's pools both spin
+    for a while after work) before a timed call, so neither side is timed against the other's
+    idle spinning on a 2-core machine."""
+    time.sleep(seconds)
+
+
 def bench_case(name: str, cfg: ModelConfig, params: dict, model, batch: int, sampler: str,
                repeats: int, bandwidth: float) -> dict:
     prompts = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, PROMPT_LEN), dtype=np.int32)
@@ -207,12 +223,16 @@ def bench_case(name: str, cfg: ModelConfig, params: dict, model, batch: int, sam
     t: dict[str, list[float]] = {"e2e": [], "prefill": [], "decode": [], "hf": []}
     toks = {}
     for _ in range(repeats):  # alternate, so both sides see the same machine state
+        settle()
         dt, toks["ours"] = ours.generate()
         t["e2e"].append(dt)
         if model is not None:
+            settle()
             dt, toks["hf"] = hf_generate(model, prompts, sampler)
             t["hf"].append(dt)
+        settle()
         t["prefill"].append(ours.prefill())
+        settle()
         t["decode"].append(ours.decode())
 
     e2e = statistics.median(t["e2e"])
