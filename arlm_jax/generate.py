@@ -92,16 +92,20 @@ def pad_prompts(prompts: Sequence[Sequence[int]], bucket: int = 16, pad_id: int 
     return tokens, lengths
 
 
-def check_room(cfg: ModelConfig, prompt_len: int, cache_slots: int) -> int:
-    """Validate that a padded prompt plus the slots decoding needs fit the context; -> capacity."""
+def check_room(cfg: ModelConfig, prompt_len: int, max_new_tokens: int) -> int:
+    """Validate that a padded prompt and its new tokens fit the context; -> cache capacity.
+
+    The last new token is never fed back, so the cache needs prompt_len + max_new_tokens - 1 slots.
+    """
     if prompt_len > cfg.max_len:
         raise ConfigError(f"prompt: {prompt_len} tokens (padded) is longer than the context, "
                           f"model.max_len={cfg.max_len}")
-    if prompt_len + cache_slots > cfg.max_len:
-        raise ConfigError(f"max_new_tokens: the padded prompt ({prompt_len}) plus {cache_slots} new "
-                          f"tokens exceeds the KV cache, model.max_len={cfg.max_len}; "
-                          f"allowed at most {cfg.max_len - prompt_len}")
-    return prompt_len + cache_slots
+    capacity = prompt_len + max_new_tokens - 1
+    if capacity > cfg.max_len:
+        raise ConfigError(f"max_new_tokens={max_new_tokens} after a {prompt_len}-token (padded) prompt "
+                          f"exceeds the KV cache, model.max_len={cfg.max_len}; allowed at most "
+                          f"{cfg.max_len - prompt_len + 1}")
+    return capacity
 
 
 # ---- the steps -------------------------------------------------------------------------------------
@@ -160,6 +164,7 @@ def decode(params: dict, cfg: ModelConfig, state: DecodeState, n_steps: int,
            ) -> tuple[DecodeState, Array, Array]:
     """``n_steps`` decode steps in one ``lax.scan``. -> (state, tokens [B, n], logprobs [B, n])."""
     params = unstack_blocks(params)  # outside the loop: each step reads every layer in place
+
     def body(st: DecodeState, _: None) -> tuple[DecodeState, tuple[Array, Array]]:
         st, tok, logp = decode_step(params, cfg, st, sampler, stop, pad_id)
         return st, (tok, logp)
@@ -217,7 +222,7 @@ def _check_inputs(cfg: ModelConfig, prompts: Any, lengths: Any, max_new_tokens: 
                           f"{tuple(prompts.shape)}")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 1")
-    check_room(cfg, prompts.shape[1], max_new_tokens - 1)
+    check_room(cfg, prompts.shape[1], max_new_tokens)
     if lengths is None:
         lengths = jnp.full((prompts.shape[0],), prompts.shape[1], jnp.int32)
     lengths = jnp.asarray(lengths, jnp.int32)

@@ -69,9 +69,10 @@ def write(buf: Array, new: Array, starts: Array) -> Array:
         return jnp.where(hit, new.astype(buf.dtype).transpose(0, 2, 1, 3), buf)
     rows = jnp.arange(b)[:, None]  # [B, 1]
     slots = starts[:, None] + jnp.arange(t)[None, :]  # [B, T]
-    # buf[rows, :, slots, :] is the [B, T, K, E] view being replaced; callers keep slots < S.
+    # buf[rows, :, slots, :] is the [B, T, K, E] view being replaced; slots past S are dropped
+    # (the surplus steps of a last streamed chunk).
     return buf.at[rows, :, slots, :].set(new.astype(buf.dtype), unique_indices=True,
-                                         indices_are_sorted=True, mode="promise_in_bounds")
+                                         indices_are_sorted=True, mode="drop")
 
 
 def select_rows(cache: KVCache, rows: Array) -> KVCache:
