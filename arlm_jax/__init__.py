@@ -17,12 +17,13 @@ from arlm_jax.kvcache import KVCache, init_cache
 from arlm_jax.sampling import Sampler
 from arlm_jax.generate import Generation, generate, pad_prompts, stream
 from arlm_jax.beam import BeamResult, beam_search
+from arlm_jax.speculative import SpecResult, speculative_generate
 
 __all__ = [
     "ConfigError", "DataConfig", "ModelConfig", "RunConfig", "TrainConfig", "model_preset",
     "init", "forward", "param_count", "flops_per_token",
     "cross_entropy", "loss_fn", "perplexity", "bits_per_byte",
     "KVCache", "init_cache", "Sampler", "Generation", "generate", "pad_prompts", "stream",
-    "BeamResult", "beam_search",
+    "BeamResult", "beam_search", "SpecResult", "speculative_generate",
 ]
 __version__ = "0.1.0"

@@ -4,6 +4,8 @@
         --top-k 50 --top-p 0.95 --min-p 0.05 --repetition-penalty 1.1 --presence-penalty 0
         --frequency-penalty 0] [--num-samples 4] [--beams 4] [--stop "\\n\\n"] [--seed 0]
     arlm generate --checkpoint RUN_DIR --prompts-file prompts.txt     # one prompt per line
+    arlm generate --checkpoint RUN_DIR --draft-checkpoint SMALL_RUN --lookahead 4 --prompt ...
+    arlm generate --checkpoint RUN_DIR --prompt-lookup 3 --prompt ...  # speculative, no draft model
 
 One prompt and one sample stream to stdout in chunks of ``--chunk`` tokens (every chunk reuses
 one compiled program); a batch (several prompts or samples) prints each row when all are done.
@@ -40,6 +42,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beams", type=int, default=None, help="beam search with this width (ignores sampling flags)")
     p.add_argument("--num-samples", type=int, default=1, help="samples per prompt (with --beams: best beams shown)")
     p.add_argument("--length-penalty", type=float, default=1.0, help="beam score = log p / length ** this")
+    p.add_argument("--draft-checkpoint", default=None,
+                   help="speculative decoding: a smaller model's run folder (same tokenizer) drafts tokens")
+    p.add_argument("--prompt-lookup", type=int, default=None,
+                   help="speculative decoding without a draft model: match the last N tokens in the text so far")
+    p.add_argument("--lookahead", type=int, default=4, help="tokens drafted per target call (speculative)")
     p.add_argument("--stop", action="append", default=[], help="stop text (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sampler")
     p.add_argument("--chunk", type=int, default=8, help="tokens per streamed chunk")
@@ -133,6 +140,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     rows = [p for p in ids for _ in range(args.num_samples)]
     toks, lens = pad_prompts(rows, max_len=cfg.max_len - args.max_new_tokens + 1)
+    if args.draft_checkpoint is not None or args.prompt_lookup is not None:
+        return _speculative(args, run, params, enc, meta, texts, toks, lens, key, sampler, stop)
     if len(rows) == 1:  # stream
         out = _TextStream(enc)
         sys.stdout.write(texts[0])
@@ -152,4 +161,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
         n = int(res.lengths[r])
         print(f"--- prompt {r // args.num_samples + 1}, sample {r % args.num_samples + 1} ---")
         print(texts[r // args.num_samples] + _text(enc, res.tokens[r, :n]))
+    return 0
+
+
+def _speculative(args, run, params, enc, meta, texts, toks, lens, key, sampler, stop) -> int:
+    from arlm_jax.speculative import speculative_generate
+    from arlm_jax.trainer import load_run
+
+    draft_params, draft_cfg = None, None
+    if args.draft_checkpoint is not None:
+        draft_run, draft_params, draft_meta = load_run(args.draft_checkpoint)
+        if draft_meta["tokenizer"] != meta["tokenizer"]:
+            raise ConfigError(f"--draft-checkpoint: its tokenizer ({draft_meta['tokenizer']}) is not the "
+                              f"target's ({meta['tokenizer']})")
+        draft_cfg = draft_run.model
+    res = speculative_generate(params, run.model, draft_params, draft_cfg, toks, key, k=args.lookahead,
+                               max_new_tokens=args.max_new_tokens, sampler=sampler, stop=stop, lengths=lens,
+                               prompt_lookup=args.prompt_lookup)
+    for r in range(toks.shape[0]):
+        n = int(res.out.lengths[r])
+        if toks.shape[0] > 1:
+            print(f"--- prompt {r // args.num_samples + 1}, sample {r % args.num_samples + 1} ---")
+        print(texts[r // args.num_samples] + _text(enc, res.out.tokens[r, :n]))
+    print(f"speculative: acceptance rate {float(res.acceptance_rate.mean()):.3f}, "
+          f"{float(res.tokens_per_call.mean()):.2f} tokens per target call (lookahead {args.lookahead})",
+          file=sys.stderr)
     return 0

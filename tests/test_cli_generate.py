@@ -85,3 +85,19 @@ def test_bad_generate_input_is_one_line(run_dir, extra, needle, capsys):
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):
     code, _, err = arlm("generate", "--checkpoint", tmp_path / "nope", "--prompt", "x", capsys=capsys)
     one_line_error(code, err, "nope")
+
+
+@pytest.mark.parametrize("spec", [["--draft-checkpoint", "RUN", "--lookahead", "3"], ["--prompt-lookup", "2"]])
+def test_speculative_greedy_prints_the_same_text(run_dir, spec, capsys):
+    spec = [str(run_dir) if a == "RUN" else a for a in spec]
+    code, out, err = arlm("generate", "--checkpoint", run_dir, "--prompt", "def f1", "--temperature", "0",
+                          "--max-new-tokens", "12", *spec, capsys=capsys)
+    assert code == 0, err
+    assert out == _greedy_text(run_dir, "def f1", 12) + "\n"
+    assert "acceptance rate" in err
+
+
+def test_bad_lookahead_is_one_line(run_dir, capsys):
+    code, _, err = arlm("generate", "--checkpoint", run_dir, "--prompt", "def", "--prompt-lookup", "2",
+                        "--lookahead", "0", capsys=capsys)
+    one_line_error(code, err, "k=0")
