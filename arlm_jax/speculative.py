@@ -69,11 +69,12 @@ class _State:
     accepted: Array  # int32 [B]
 
 
-def _dist(logits: Array, sampler: Sampler | None) -> tuple[Array, Array, Array]:
+def _dist(logits: Array, sampler: Sampler | None) -> tuple[Array | None, Array, Array | None]:
     """Under the sampler: (probabilities [.., V] that sampling rows draw from, logits [.., V] that
-    greedy rows take the argmax of, greedy-row flag [..]). logits [B, V] or [B, J, V]."""
+    greedy rows take the argmax of, greedy-row flag [..]). logits [B, V] or [B, J, V].
+    Without a sampler every row is greedy: (None, logits, None), and no randomness is drawn."""
     if sampler is None:
-        return jax.nn.softmax(logits, axis=-1), logits, jnp.ones(logits.shape[:-1], bool)
+        return None, logits, None
 
     def one(lg: Array) -> tuple[Array, Array]:  # [B, V]: per-row sampler values line up with B
         penalised, final = process(lg, sampler)
@@ -85,8 +86,10 @@ def _dist(logits: Array, sampler: Sampler | None) -> tuple[Array, Array, Array]:
     return probs, penalised, jnp.broadcast_to(greedy, logits.shape[:-1])
 
 
-def _draw(key: Array, probs: Array, greedy: Array, logits: Array) -> Array:
+def _draw(key: Array, probs: Array | None, greedy: Array | None, logits: Array) -> Array:
     """A token per row: the argmax of ``logits`` for greedy rows, else drawn from ``probs``."""
+    if greedy is None:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     drawn = jax.random.categorical(key, jnp.log(jnp.maximum(probs, 1e-38)), axis=-1)
     return jnp.where(greedy, jnp.argmax(logits, axis=-1), drawn).astype(jnp.int32)
 
@@ -134,42 +137,46 @@ def _iteration(tp: dict, tcfg: ModelConfig, dp: dict | None, dcfg: ModelConfig |
     b = st.token.shape[0]
     rows = jnp.arange(b)
     live = ~st.done & (st.n_out < n_max)
-    key, k_draft, k_acc, k_next = jax.random.split(st.key, 4)
+    key, k_acc, k_next, *k_draft = (st.key,) * (k + 3) if sampler is None else jax.random.split(st.key, k + 3)
 
-    # 1. proposals d [B, k] and their probabilities q [B, k, V]
+    # 1. proposals d [B, k] and their probabilities q [B, k, V] (None when all rows are greedy)
     if dp is not None:
         cache, inp, ds, qs = st.draft, st.token, [], []
-        for i, kk in enumerate(jax.random.split(k_draft, k + 1)):
+        for i in range(k + 1):
             logits, cache = forward(dp, inp[:, None], dcfg, cache)
             if i == k:  # d_k is read only to keep the draft cache level with the target's
                 break
             q, q_logits, q_greedy = _dist(logits[:, 0], sampler)
-            inp = _draw(kk, q, q_greedy, q_logits)
+            inp = _draw(k_draft[i], q, q_greedy, q_logits)
             ds.append(inp)
             qs.append(q)
-        d, q = jnp.stack(ds, 1), jnp.stack(qs, 1)
+        d, q = jnp.stack(ds, 1), (None if sampler is None else jnp.stack(qs, 1))
     else:
         cache = None
         d = _lookup(st.ctx, st.ctx_len, k, ngram)
-        q = jax.nn.one_hot(d, tcfg.vocab_size, dtype=jnp.float32)
+        q = None if sampler is None else jax.nn.one_hot(d, tcfg.vocab_size, dtype=jnp.float32)
 
     # 2. the target reads the pending token and the k drafts in one pass
     t_logits, t_cache = forward(tp, jnp.concatenate([st.token[:, None], d], 1), tcfg, st.target)
     p, p_logits, greedy = _dist(t_logits, sampler)  # [B, k+1, V], [B, k+1, V], [B, k+1]
 
     # 3. accept a prefix of the drafts
-    p_d = jnp.take_along_axis(p[:, :k], d[..., None], -1)[..., 0]
-    q_d = jnp.take_along_axis(q, d[..., None], -1)[..., 0]
-    u = jax.random.uniform(k_acc, (b, k))
-    ok = jnp.where(greedy[:, :k], d == jnp.argmax(p_logits[:, :k], -1), u * q_d < p_d)
+    ok = d == jnp.argmax(p_logits[:, :k], -1)  # greedy rows: the draft is the target's argmax
+    if greedy is not None:
+        p_d = jnp.take_along_axis(p[:, :k], d[..., None], -1)[..., 0]
+        q_d = jnp.take_along_axis(q, d[..., None], -1)[..., 0]
+        ok = jnp.where(greedy[:, :k], ok, jax.random.uniform(k_acc, (b, k)) * q_d < p_d)
     n_acc = jnp.sum(jnp.cumprod(ok.astype(jnp.int32), axis=1), axis=1)  # [B] in 0..k
 
     # 4. one more token: the residual after a rejection, the bonus after k acceptances
-    p_next = p[rows, n_acc]
-    q_next = jnp.where((n_acc < k)[:, None], q[rows, jnp.minimum(n_acc, k - 1)], 0.0)
-    resid = jnp.maximum(p_next - q_next, 0.0)
-    resid = jnp.where(resid.sum(-1, keepdims=True) > 0, resid, p_next)  # p == q: nothing to correct
-    x = _draw(k_next, resid / resid.sum(-1, keepdims=True), greedy[rows, n_acc], p_logits[rows, n_acc])
+    resid, next_greedy = None, None
+    if greedy is not None:
+        p_next = p[rows, n_acc]
+        q_next = jnp.where((n_acc < k)[:, None], q[rows, jnp.minimum(n_acc, k - 1)], 0.0)
+        resid = jnp.maximum(p_next - q_next, 0.0)
+        resid = jnp.where(resid.sum(-1, keepdims=True) > 0, resid, p_next)  # p == q: nothing to fix
+        resid, next_greedy = resid / resid.sum(-1, keepdims=True), greedy[rows, n_acc]
+    x = _draw(k_next, resid, next_greedy, p_logits[rows, n_acc])
     cand = jnp.concatenate([d, jnp.zeros((b, 1), jnp.int32)], 1).at[rows, n_acc].set(x)  # [B, k+1]
     cand_lp = jnp.take_along_axis(jax.nn.log_softmax(t_logits), cand[..., None], -1)[..., 0]
     new = _emit(st, cand, jnp.where(live, n_acc + 1, 0), cand_lp, stop, n_max)
