@@ -119,7 +119,8 @@ def _emit(st: _State, cand: Array, count: Array, cand_lp: Array, stop: Stop, n_m
 
 def _lookup(ctx: Array, ctx_len: Array, k: int, n: int) -> Array:
     """Prompt-lookup proposals [B, k]: the tokens after the latest earlier occurrence of the last
-    n tokens of each row's context (the last token repeated when there is none)."""
+    n tokens of each row's context, continued periodically past the end of the text (the last
+    token repeated when there is no occurrence)."""
     b, c = ctx.shape
     rows = jnp.arange(b)[:, None]
     tail = ctx[rows, jnp.clip(ctx_len[:, None] - n + jnp.arange(n), 0, c - 1)]  # [B, n]
@@ -127,7 +128,10 @@ def _lookup(ctx: Array, ctx_len: Array, k: int, n: int) -> Array:
     windows = ctx[:, starts[:, None] + jnp.arange(n)]  # [B, C-n, n]
     match = jnp.all(windows == tail[:, None, :], axis=-1) & (starts[None] + n < ctx_len[:, None])
     best = jnp.max(jnp.where(match, starts[None], -1), axis=-1)  # [B], -1 = no match
-    follow = jnp.clip(best[:, None] + n + jnp.arange(k), 0, c - 1)
+    # The match's continuation, repeated with its period when it reaches the end of the text (a
+    # run of one token, a short loop), instead of reading slots not written yet.
+    period = jnp.maximum(ctx_len - best - n, 1)[:, None]
+    follow = jnp.clip(best[:, None] + n + jnp.arange(k) % period, 0, c - 1)
     last = ctx[jnp.arange(b), jnp.maximum(ctx_len - 1, 0)]
     return jnp.where(best[:, None] >= 0, ctx[rows, follow], last[:, None]).astype(jnp.int32)
 

@@ -112,3 +112,13 @@ def test_bad_speculative_input(change, match):
     with pytest.raises(ConfigError, match=match) as err:
         speculative_generate(tp, cfg, dp, dcfg, jnp.asarray([[1, 2, 3]]), jax.random.key(0), **args)
     assert "\n" not in str(err.value)
+
+
+def test_prompt_lookup_proposals():
+    from arlm_jax.speculative import _lookup
+    ctx = jnp.asarray([[1, 2, 3, 1, 2, 3, 1, 2, 0, 0],    # loop of 3: continue it
+                       [7, 7, 7, 7, 7, 0, 0, 0, 0, 0],    # a run: more of it
+                       [5, 6, 9, 1, 2, 8, 4, 5, 6, 0],    # "5 6" seen before: what followed it
+                       [1, 2, 3, 4, 0, 0, 0, 0, 0, 0]])   # no earlier "3 4": repeat the last token
+    got = _lookup(ctx, jnp.asarray([8, 5, 9, 4]), k=4, n=2)
+    assert got.tolist() == [[3, 1, 2, 3], [7, 7, 7, 7], [9, 1, 2, 8], [4, 4, 4, 4]]
