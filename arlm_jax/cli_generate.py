@@ -98,6 +98,14 @@ def _text(enc, ids) -> str:
     return _TextStream(enc)([int(t) for t in ids if int(t) != enc.eot_token], final=True)
 
 
+def _print_rows(enc, texts: list[str], tokens, lengths, num_samples: int) -> None:
+    """Each row's prompt and continuation; a header per row when there are several."""
+    for r in range(tokens.shape[0]):
+        if tokens.shape[0] > 1:
+            print(f"--- prompt {r // num_samples + 1}, sample {r % num_samples + 1} ---")
+        print(texts[r // num_samples] + _text(enc, tokens[r, :int(lengths[r])]))
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
@@ -157,10 +165,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 0
     res = generate(params, cfg, toks, key, max_new_tokens=args.max_new_tokens, sampler=sampler,
                    stop=stop, lengths=lens)
-    for r, row in enumerate(rows):
-        n = int(res.lengths[r])
-        print(f"--- prompt {r // args.num_samples + 1}, sample {r % args.num_samples + 1} ---")
-        print(texts[r // args.num_samples] + _text(enc, res.tokens[r, :n]))
+    _print_rows(enc, texts, res.tokens, res.lengths, args.num_samples)
     return 0
 
 
@@ -178,11 +183,7 @@ def _speculative(args, run, params, enc, meta, texts, toks, lens, key, sampler, 
     res = speculative_generate(params, run.model, draft_params, draft_cfg, toks, key, k=args.lookahead,
                                max_new_tokens=args.max_new_tokens, sampler=sampler, stop=stop, lengths=lens,
                                prompt_lookup=args.prompt_lookup)
-    for r in range(toks.shape[0]):
-        n = int(res.out.lengths[r])
-        if toks.shape[0] > 1:
-            print(f"--- prompt {r // args.num_samples + 1}, sample {r % args.num_samples + 1} ---")
-        print(texts[r // args.num_samples] + _text(enc, res.out.tokens[r, :n]))
+    _print_rows(enc, texts, res.out.tokens, res.out.lengths, args.num_samples)
     print(f"speculative: acceptance rate {float(res.acceptance_rate.mean()):.3f}, "
           f"{float(res.tokens_per_call.mean()):.2f} tokens per target call (lookahead {args.lookahead})",
           file=sys.stderr)

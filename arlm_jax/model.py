@@ -1,8 +1,10 @@
 """The decoder-only Transformer as two pure functions: ``init`` and ``forward``.
 
 Parameters are a plain nested dict of float32 arrays. The blocks are stacked on a leading
-layer axis L and run with ``lax.scan``, so compile time does not grow with depth and one
-scan step consumes one block's weights (and, for decoding, one layer of KV cache).
+layer axis L and, for training, run with ``lax.scan``, so compile time does not grow with
+depth. Decoding (a forward with a KV cache, or blocks split by ``unstack_blocks``) unrolls the
+layers instead, so each reads its own weights and cache buffer in place; see kvcache.py.
+Rematerialisation applies to the scanned form.
 
 Parameter tree (shapes; optional entries depend on the config):
   embed/tok      [V, D]            token embedding (also the output matrix when tied)
