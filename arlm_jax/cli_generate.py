@@ -108,7 +108,6 @@ def _print_rows(enc, texts: list[str], tokens, lengths, num_samples: int) -> Non
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import jax
-    import numpy as np
 
     from arlm_jax.beam import beam_search
     from arlm_jax.generate import generate, pad_prompts, stream
