@@ -109,6 +109,17 @@ def check_room(cfg: ModelConfig, prompt_len: int, max_new_tokens: int) -> int:
 
 
 # ---- the steps -------------------------------------------------------------------------------------
+def push_stop_window(window: Array, tok: Array, live: Array, stop: Stop) -> tuple[Array, Array]:
+    """Append tok [B] to the rows' windows of recent tokens [B, M] where ``live`` [B]; -> (window,
+    bool [B] the window now ends with one of the stop sequences)."""
+    if window.shape[1]:
+        window = jnp.where(live[:, None], jnp.concatenate([window[:, 1:], tok[:, None]], axis=1), window)
+    hit = jnp.zeros_like(live)
+    for seq in stop:
+        hit = hit | jnp.all(window[:, window.shape[1] - len(seq):] == jnp.asarray(seq, jnp.int32), axis=1)
+    return window, hit
+
+
 def _emit(state: DecodeState, logits: Array, sampler: Sampler | None, stop: Stop, pad_id: int
           ) -> tuple[DecodeState, Array, Array]:
     """Choose each row's next token from logits [B, V] and update the bookkeeping.
@@ -121,13 +132,7 @@ def _emit(state: DecodeState, logits: Array, sampler: Sampler | None, stop: Stop
     live = ~state.done
     tok = jnp.where(live, tok, pad_id)
     logp = jnp.where(live, logp, 0.0)
-    window = state.window
-    if window.shape[1]:
-        window = jnp.where(live[:, None], jnp.concatenate([window[:, 1:], tok[:, None]], axis=1), window)
-    hit = jnp.zeros_like(live)
-    for seq in stop:
-        m = len(seq)
-        hit = hit | jnp.all(window[:, window.shape[1] - m:] == jnp.asarray(seq, jnp.int32), axis=1)
+    window, hit = push_stop_window(state.window, tok, live, stop)
     history = None if state.history is None else update_history(state.history, tok, live)
     state = state.replace(token=tok, done=state.done | (live & hit), n_out=state.n_out + live,
                           window=window, history=history, key=key)

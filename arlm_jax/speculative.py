@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from arlm_jax.config import ConfigError, ModelConfig
-from arlm_jax.generate import Generation, Stop, _check_inputs, normalize_stop
+from arlm_jax.generate import Generation, Stop, _check_inputs, normalize_stop, push_stop_window
 from arlm_jax.kvcache import KVCache, init_cache
 from arlm_jax.model import forward, head, hidden, unstack_blocks
 from arlm_jax.sampling import Sampler, process
@@ -106,11 +106,7 @@ def _emit(st: _State, cand: Array, count: Array, cand_lp: Array, stop: Stop, n_m
         pos = jnp.where(go, st.ctx_len + (n_out - st.n_out), c)  # c is out of range: dropped
         ctx = ctx.at[rows, pos].set(tok, mode="drop")
         logp = logp.at[rows, pos].set(cand_lp[:, j], mode="drop")
-        if window.shape[1]:
-            window = jnp.where(go[:, None], jnp.concatenate([window[:, 1:], tok[:, None]], 1), window)
-        hit = jnp.zeros_like(go)
-        for seq in stop:
-            hit = hit | jnp.all(window[:, window.shape[1] - len(seq):] == jnp.asarray(seq, jnp.int32), 1)
+        window, hit = push_stop_window(window, tok, go, stop)
         done = done | (go & hit)
         n_out = n_out + go
     return st.replace(done=done, n_out=n_out, ctx=ctx, logp=logp, ctx_len=st.ctx_len + (n_out - st.n_out),
