@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from arlm_jax.config import ConfigError, ModelConfig
-from arlm_jax.generate import _check_inputs, normalize_stop
-from arlm_jax.kvcache import init_cache, select_rows
-from arlm_jax.model import forward, head, hidden, unstack_blocks
+from arlm_jax.generate import _check_inputs, fill_cache, normalize_stop
+from arlm_jax.kvcache import select_rows
+from arlm_jax.model import forward, unstack_blocks
 
 Array = jax.Array
 DEAD = -1e9  # score of an empty beam slot: far below any reachable sum of log-probs
@@ -60,8 +60,8 @@ def _penalised(logp: Array, length: Array, alpha: Any) -> Array:
     return logp / jnp.maximum(length, 1).astype(jnp.float32) ** alpha
 
 
-def _step(alive: _Beams, pool: _Beams, lp: Array, step: Array, stop_ids: Array, alpha: Any,
-          n_new: int) -> tuple[_Beams, _Beams, Array]:
+def _step(alive: _Beams, pool: _Beams, lp: Array, step: Array, stop_ids: Array, alpha: Any
+          ) -> tuple[_Beams, _Beams, Array]:
     """Extend the alive beams by one token. lp float32 [B, W, V] -> (alive, pool, parents [B, W])."""
     b, w, v = lp.shape
     cand = (alive.logp[:, :, None] + lp).reshape(b, w * v)
@@ -87,24 +87,22 @@ def _beam_search(params: dict, cfg: ModelConfig, prompts: Array, lengths: Array,
     w, n = beams, max_new_tokens
     stop_ids = jnp.asarray(stop if stop else (-1,), jnp.int32)
     params = unstack_blocks(params)
-    cache = init_cache(cfg, b, t + n - 1)
-    x, cache = hidden(params, prompts, cfg, cache)
-    cache = cache.replace(lengths=lengths.astype(jnp.int32))
-    lp = jax.nn.log_softmax(head(params, x[jnp.arange(b), lengths - 1], cfg))  # [B, V]
+    cache, logits = fill_cache(params, cfg, prompts, lengths, t + n - 1)
+    lp = jax.nn.log_softmax(logits)  # [B, V]
     cache = select_rows(cache, jnp.repeat(jnp.arange(b), w))  # row b*W + j is beam j of prompt b
 
     empty = _Beams(seqs=jnp.full((b, w, n), pad_id, jnp.int32), logp=jnp.full((b, w), DEAD),
                    score=jnp.full((b, w), DEAD), length=jnp.zeros((b, w), jnp.int32))
     alive = empty.replace(logp=empty.logp.at[:, 0].set(0.0))  # one live beam: no duplicates
     alive, pool, _ = _step(alive, empty, jnp.broadcast_to(lp[:, None], (b, w, lp.shape[-1])),
-                           jnp.int32(0), stop_ids, length_penalty, n)
+                           jnp.int32(0), stop_ids, length_penalty)
 
     def body(carry: tuple, step: Array) -> tuple[tuple, None]:
         alive, pool, cache = carry
         toks = jax.lax.dynamic_index_in_dim(alive.seqs, step - 1, axis=2, keepdims=False)  # [B, W]
         logits, cache = forward(params, toks.reshape(b * w, 1), cfg, cache)
         lp = jax.nn.log_softmax(logits[:, 0]).reshape(b, w, -1)
-        alive, pool, parent = _step(alive, pool, lp, step, stop_ids, length_penalty, n)
+        alive, pool, parent = _step(alive, pool, lp, step, stop_ids, length_penalty)
         cache = select_rows(cache, (jnp.arange(b)[:, None] * w + parent).reshape(-1))
         return (alive, pool, cache), None
 

@@ -139,16 +139,22 @@ def _emit(state: DecodeState, logits: Array, sampler: Sampler | None, stop: Stop
     return state, tok, logp
 
 
+def fill_cache(params: dict, cfg: ModelConfig, prompts: Array, lengths: Array, capacity: int
+               ) -> tuple[KVCache, Array]:
+    """Prefill a fresh cache of ``capacity`` slots with right-padded prompts [B, T] (``lengths``
+    [B] real tokens) -> (cache, logits float32 [B, V] of each row's next token)."""
+    x, cache = hidden(params, prompts, cfg, init_cache(cfg, prompts.shape[0], capacity))  # [B, T, D]
+    logits = head(params, x[jnp.arange(prompts.shape[0]), lengths - 1], cfg)
+    return cache.replace(lengths=lengths.astype(jnp.int32)), logits
+
+
 def prefill(params: dict, cfg: ModelConfig, prompts: Array, lengths: Array, key: Array,
             capacity: int, sampler: Sampler | None = None, stop: Stop = (), pad_id: int = 0
             ) -> tuple[DecodeState, Array, Array]:
     """One forward over the padded prompts [B, T] fills a fresh cache of ``capacity`` slots and
     picks the first new token. -> (state, token [B], logprob [B])."""
     b = prompts.shape[0]
-    cache = init_cache(cfg, b, capacity)
-    x, cache = hidden(params, prompts, cfg, cache)  # [B, T, D]
-    cache = cache.replace(lengths=lengths.astype(jnp.int32))
-    logits = head(params, x[jnp.arange(b), lengths - 1], cfg)  # [B, V]
+    cache, logits = fill_cache(params, cfg, prompts, lengths, capacity)
     history = init_history(prompts, lengths, cfg.vocab_size) if sampler is not None and sampler.uses_history else None
     m = max((len(s) for s in stop), default=0)
     state = DecodeState(cache=cache, token=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool),

@@ -27,9 +27,10 @@ import jax
 import jax.numpy as jnp
 
 from arlm_jax.config import ConfigError, ModelConfig
-from arlm_jax.generate import Generation, Stop, _check_inputs, normalize_stop, push_stop_window
-from arlm_jax.kvcache import KVCache, init_cache
-from arlm_jax.model import forward, head, hidden, unstack_blocks
+from arlm_jax.generate import (Generation, Stop, _check_inputs, fill_cache, normalize_stop,
+                               push_stop_window)
+from arlm_jax.kvcache import KVCache
+from arlm_jax.model import forward, unstack_blocks
 from arlm_jax.sampling import Sampler, process
 
 Array = jax.Array
@@ -197,17 +198,11 @@ def _speculative(tp, tcfg, dp, dcfg, prompts, lengths, key, sampler, k, ngram, m
     n = max_new_tokens
     capacity = t + n + k
     tp = unstack_blocks(tp)
-    rows = jnp.arange(b)
-
-    def fill(params: dict, cfg: ModelConfig) -> tuple[KVCache, Array]:
-        x, cache = hidden(params, prompts, cfg, init_cache(cfg, b, capacity))
-        return cache.replace(lengths=lengths), head(params, x[rows, lengths - 1], cfg)
-
-    t_cache, logits = fill(tp, tcfg)
+    t_cache, logits = fill_cache(tp, tcfg, prompts, lengths, capacity)
     d_cache = None
     if dp is not None:
         dp = unstack_blocks(dp)
-        d_cache, _ = fill(dp, dcfg)
+        d_cache, _ = fill_cache(dp, dcfg, prompts, lengths, capacity)
     key, k0 = jax.random.split(key)
     p, p_logits, greedy = _dist(logits, sampler)
     first = _draw(k0, p, greedy, p_logits)
