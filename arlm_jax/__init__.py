@@ -8,8 +8,8 @@
                             sampler=arlm_jax.Sampler(temperature=0.8, top_p=0.95))
 """
 
-from arlm_jax.config import (ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig,
-                             model_preset)
+from arlm_jax.config import (ConfigError, DataConfig, MeshConfig, ModelConfig, RunConfig,
+                             TrainConfig, model_preset)
 from arlm_jax.loss import bits_per_byte, cross_entropy, loss_fn, perplexity
 from arlm_jax.flops import flops_per_token, param_count
 from arlm_jax.model import forward, init
@@ -18,12 +18,14 @@ from arlm_jax.sampling import Sampler
 from arlm_jax.generate import Generation, generate, pad_prompts, stream
 from arlm_jax.beam import BeamResult, beam_search
 from arlm_jax.speculative import SpecResult, speculative_generate
+from arlm_jax.sharding import constrain, make_mesh, param_shardings
 
 __all__ = [
-    "ConfigError", "DataConfig", "ModelConfig", "RunConfig", "TrainConfig", "model_preset",
+    "ConfigError", "DataConfig", "MeshConfig", "ModelConfig", "RunConfig", "TrainConfig", "model_preset",
     "init", "forward", "param_count", "flops_per_token",
     "cross_entropy", "loss_fn", "perplexity", "bits_per_byte",
     "KVCache", "init_cache", "Sampler", "Generation", "generate", "pad_prompts", "stream",
     "BeamResult", "beam_search", "SpecResult", "speculative_generate",
+    "make_mesh", "param_shardings", "constrain",
 ]
 __version__ = "0.1.0"

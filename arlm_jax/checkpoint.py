@@ -80,8 +80,14 @@ class Checkpointer:
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
         """(state, meta) of ``step`` (default: the newest), arrays laid out as ``abstract_state``
-        (a pytree of ``jax.ShapeDtypeStruct``, e.g. from ``jax.eval_shape``; shardings honoured)."""
+        (a pytree of ``jax.ShapeDtypeStruct``, e.g. from ``jax.eval_shape``): each goes where its
+        sharding says (``sharding.abstract_with_shardings``: any mesh, whatever mesh saved it),
+        or onto the default device when it has none."""
         step = self._step(step)
+        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract_state = jax.tree.map(
+            lambda a: a if getattr(a, "sharding", None) is not None
+            else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), abstract_state)
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))

@@ -4,10 +4,11 @@
     arlm eval RUN_DIR [--step N] [--corpus SPEC] [--split val|train] [--batches N] [--json]
     arlm generate --checkpoint RUN_DIR --prompt TEXT [--temperature T --top-p P --beams W ...]
     arlm tokenizer train --vocab-size N [--corpus SPEC] [--pattern gpt2|cl100k] [--out FILE]
+    arlm plan [--preset NAME] --devices N [--mesh.fsdp 8 --mesh.tensor 8 ...] [--json]
     arlm info [--preset NAME] [--config FILE] [--model.* ...]
 
 Configuration is layered: dataclass defaults, then ``--preset`` (model shapes), then
-``--config`` (a JSON or TOML file with ``model``/``train``/``data`` sections, e.g. a run's
+``--config`` (a JSON or TOML file with ``model``/``train``/``data``/``mesh`` sections, e.g. a run's
 ``config.json``), then ``--section.field value`` flags. Bad input exits with status 2 and one
 line, ``arlm: error: ...``, naming the option and what it allows.
 """
@@ -19,6 +20,7 @@ import dataclasses
 import difflib
 import inspect
 import json
+import os
 import re
 import sys
 import time
@@ -27,10 +29,10 @@ import typing
 from pathlib import Path
 
 from arlm_jax import cli_generate
-from arlm_jax.config import (MODEL_PRESETS, ConfigError, DataConfig, ModelConfig, RunConfig,
-                             TrainConfig, from_dict, model_preset, to_dict)
+from arlm_jax.config import (MODEL_PRESETS, ConfigError, DataConfig, MeshConfig, ModelConfig,
+                             RunConfig, TrainConfig, from_dict, model_preset, to_dict)
 
-SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "mesh": MeshConfig}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,7 +81,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default=None, metavar="NAME",
                         help=f"model shape preset: {', '.join(MODEL_PRESETS)} (default: demo)")
     parser.add_argument("--config", default=None, metavar="FILE",
-                        help="JSON or TOML file with model/train/data sections (e.g. a run's config.json)")
+                        help="JSON or TOML file with model/train/data/mesh sections (e.g. a run's config.json)")
     for section, cls in SECTIONS.items():
         group = parser.add_argument_group(f"{section} options")
         helps = _field_help(cls)
@@ -114,8 +116,8 @@ def build_run(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
         base["preset"] = args.preset
     preset = model_preset(base["preset"])
     model = to_dict(preset) | base.get("model", {})
-    data = {"preset": base["preset"], "model": model, "train": base.get("train", {}),
-            "data": base.get("data", {})}
+    data = {"preset": base["preset"], "model": model,
+            **{s: base.get(s, {}) for s in SECTIONS if s != "model"}}
     explicit = {f"{s}.{k}" for s in SECTIONS for k in base.get(s, {})}
     for name, value in vars(args).items():
         if "." in name and value is not None:
@@ -127,13 +129,31 @@ def build_run(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
 
 # ---- subcommands -------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
+    from arlm_jax import distributed
     from arlm_jax.tokenizer import load_tokenizer
     from arlm_jax.trainer import train
     run, explicit = build_run(args)
-    enc = load_tokenizer(run.data.tokenizer)
-    if "model.vocab_size" not in explicit:  # the vocabulary follows the tokenizer unless set
-        run = dataclasses.replace(run, model=dataclasses.replace(run.model, vocab_size=enc.n_vocab))
-    train(run, resume=args.resume, enc=enc)
+    multi = distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                                   auto=args.distributed, timeout=args.distributed_timeout)
+    try:
+        enc = load_tokenizer(run.data.tokenizer)
+        if "model.vocab_size" not in explicit:  # the vocabulary follows the tokenizer unless set
+            run = dataclasses.replace(run, model=dataclasses.replace(run.model, vocab_size=enc.n_vocab))
+        train(run, resume=args.resume, enc=enc)
+    except BaseException as err:
+        if not multi:
+            raise
+        # A process that fails must leave at once: a normal exit waits in JAX's shutdown barrier
+        # (minutes) while the other processes hang in their next collective.
+        import traceback
+
+        import jax
+        if isinstance(err, ConfigError | RuntimeError):
+            print(f"arlm: error (process {jax.process_index()}): {err}", file=sys.stderr, flush=True)
+        else:
+            traceback.print_exc()
+        sys.stdout.flush()
+        os._exit(2 if isinstance(err, ConfigError) else 1)
     return 0
 
 
@@ -200,6 +220,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    run, _ = build_run(args)
+    sizes = (run.mesh.data, run.mesh.fsdp, run.mesh.tensor)
+    n = args.devices or (0 if -1 in sizes else sizes[0] * sizes[1] * sizes[2])
+    if n < 1:
+        raise ConfigError("plan: give --devices N (how many chips to plan for) when a mesh size is -1")
+    from arlm_jax import plan as plan_lib  # imports jax; the device count is set first
+    devices = plan_lib.simulate_devices(n)
+    result = plan_lib.plan(run, devices, decode_batch=args.decode_batch, decode_len=args.decode_len)
+    print(json.dumps(result, indent=1) if args.json else plan_lib.format_plan(result))
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="arlm", description="Autoregressive language models in JAX.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -209,6 +242,20 @@ def make_parser() -> argparse.ArgumentParser:
                                    "Python's standard library with the byte tokenizer.")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in train.out_dir from its newest checkpoint")
+    g = p.add_argument_group("multi-process runs (every process runs the same command; "
+                             "docs/scale-out.md)")
+    g.add_argument("--distributed", action="store_true",
+                   help="join a multi-process run found from the cluster's environment (TPU pod "
+                        "slice, SLURM, Open MPI)")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="process 0's address (default: $JAX_COORDINATOR_ADDRESS; TPU pods, SLURM "
+                        "and Open MPI are detected without it)")
+    g.add_argument("--num-processes", type=int, default=None, metavar="N",
+                   help="processes in the run (default: $JAX_NUM_PROCESSES, else 1)")
+    g.add_argument("--process-id", type=int, default=None, metavar="I",
+                   help="this process, 0..N-1 (default: $JAX_PROCESS_ID)")
+    g.add_argument("--distributed-timeout", type=float, default=300.0, metavar="S",
+                   help="seconds to wait for the coordinator and the other processes")
     _add_config_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -232,6 +279,23 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--pattern", choices=("gpt2", "cl100k"), default="gpt2", help="pre-tokeniser regex")
     t.add_argument("--out", default=None, help="output path (default: bpe<N>.tiktoken)")
     t.set_defaults(func=cmd_tokenizer_train)
+
+    p = sub.add_parser("plan", help="per-device memory, FLOPs and fit of a config on a mesh, "
+                                    "compiled ahead of time on simulated devices",
+                       description="Plan a run without its hardware: compile the train step and the "
+                                   "decode step for --devices simulated CPU devices laid out as "
+                                   "--mesh.*, from abstract inputs, and print per-device memory, "
+                                   "FLOPs per step and whether it fits TPU v5e/v5p, H100, H200. "
+                                   "Example: arlm plan --preset llama-7b --devices 64 --mesh.fsdp 8 "
+                                   "--mesh.tensor 8 --model.dtype bfloat16 --model.remat full")
+    p.add_argument("--devices", type=int, default=0, metavar="N",
+                   help="chips to plan for (default: the product of the mesh sizes)")
+    p.add_argument("--decode-batch", type=int, default=1, metavar="B", help="rows of the decode step")
+    p.add_argument("--decode-len", type=int, default=None, metavar="S",
+                   help="KV-cache slots of the decode step (default: model.max_len)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_config_options(p)
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("info", help="devices, parameter count and FLOPs per token of a config")
     _add_config_options(p)

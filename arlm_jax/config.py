@@ -264,6 +264,26 @@ class DataConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MeshConfig:
+    """The device mesh of a run (sharding.py): sizes of the data, fsdp and tensor axes."""
+
+    data: int = 1  # data-parallel replicas (-1: the devices left over)
+    fsdp: int = -1  # data parallelism that also splits weights and optimizer state (-1: left over)
+    tensor: int = 1  # tensor parallelism: heads, MLP hidden units and vocabulary split (-1: left over)
+    devices: int = 0  # devices to use, the first N of jax.devices() (0: all; one process only)
+
+    def validate(self) -> "MeshConfig":
+        for name in ("data", "fsdp", "tensor"):
+            value = getattr(self, name)
+            if value == 0 or value < -1:
+                raise ConfigError(f"mesh.{name}={value} must be a positive size or -1 (the devices left over)")
+        if [self.data, self.fsdp, self.tensor].count(-1) > 1:
+            raise ConfigError("mesh: at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+        _positive(self, "devices", "mesh", allow_zero=True)
+        return self
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """Everything a training run needs; saved beside its checkpoints."""
 
@@ -271,11 +291,13 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig.demo)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
 
     def validate(self) -> "RunConfig":
         self.model.validate()
         self.train.validate()
         self.data.validate()
+        self.mesh.validate()
         seq = self.train.seq_len or self.model.max_len
         if seq > self.model.max_len:
             raise ConfigError(f"train.seq_len={seq} must be <= model.max_len={self.model.max_len}")
@@ -302,7 +324,7 @@ def _from_dict_of(cls: type, data: dict, prefix: str) -> Any:
 def from_dict(data: dict) -> RunConfig:
     """Inverse of ``to_dict`` for a RunConfig (unknown keys are a ConfigError)."""
     data = dict(data)
-    sub = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+    sub = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "mesh": MeshConfig}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key in sub:
@@ -310,5 +332,5 @@ def from_dict(data: dict) -> RunConfig:
         elif key == "preset":
             kwargs[key] = value
         else:
-            raise ConfigError(f"{key} is not a config section; choose from preset, model, train, data")
+            raise ConfigError(f"{key} is not a config section; choose from preset, {', '.join(sub)}")
     return RunConfig(**kwargs)

@@ -25,8 +25,11 @@ import jax
 import jax.numpy as jnp
 
 from arlm_jax.config import ConfigError, ModelConfig
+from arlm_jax.sharding import constrain
 
 Array = jax.Array
+
+CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")  # logical axes of a [B, K, S, E] buffer
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -49,8 +52,11 @@ def init_cache(cfg: ModelConfig, batch: int, capacity: int | None = None) -> KVC
     if not 0 < capacity <= cfg.max_len:
         raise ConfigError(f"cache capacity={capacity} must be in 1..model.max_len={cfg.max_len}")
     shape = (batch, cfg.kv_heads, capacity, cfg.head_dim)
-    zeros = tuple(jnp.zeros(shape, _DTYPES[cfg.dtype]) for _ in range(cfg.n_layers))
-    return KVCache(k=zeros, v=zeros, lengths=jnp.zeros((batch,), jnp.int32))
+    # Under a mesh (sharding.py): rows over the batch axes, kv heads over the tensor axis.
+    zeros = tuple(constrain(jnp.zeros(shape, _DTYPES[cfg.dtype]), CACHE_AXES)
+                  for _ in range(cfg.n_layers))
+    lengths = constrain(jnp.zeros((batch,), jnp.int32), ("batch",))
+    return KVCache(k=zeros, v=zeros, lengths=lengths)
 
 
 def write(buf: Array, new: Array, starts: Array) -> Array:

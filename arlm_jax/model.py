@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from arlm_jax import kvcache, layers
+from arlm_jax.sharding import constrain
 from arlm_jax.config import ModelConfig
 from arlm_jax.kvcache import KVCache
 
@@ -126,6 +127,10 @@ def _block(cfg: ModelConfig, x: Array, p: dict, key: Array | None, positions: Ar
     return x, kv
 
 
+# Logical axes of the residual stream [B, T, D], pinned at every block boundary when a mesh is
+# set (sharding.py): rows over the batch axes, the rest replicated.
+_RESIDUAL = ("batch", "length", "act_embed")
+
 _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots}
 
 
@@ -171,10 +176,14 @@ def head(params: dict, x: Array, cfg: ModelConfig) -> Array:
     """Output projection of final hidden states. x [..., D] -> float32 logits [..., V]."""
     dtype = DTYPES[cfg.dtype]
     if cfg.tie_embeddings:
-        return jnp.einsum("...d,vd->...v", x, params["embed"]["tok"].astype(dtype),
-                          preferred_element_type=jnp.float32)
-    return jnp.einsum("...d,dv->...v", x, params["lm_head"]["w"].astype(dtype),
-                      preferred_element_type=jnp.float32)
+        logits = jnp.einsum("...d,vd->...v", x, params["embed"]["tok"].astype(dtype),
+                            preferred_element_type=jnp.float32)
+    else:
+        logits = jnp.einsum("...d,dv->...v", x, params["lm_head"]["w"].astype(dtype),
+                            preferred_element_type=jnp.float32)
+    # Under a mesh, logits stay split over the vocabulary (tensor axis) like the weight.
+    lead = ("batch",) + (None,) * (logits.ndim - 2) if logits.ndim > 1 else ()
+    return constrain(logits, lead + ("vocab",))
 
 
 def hidden(params: dict, tokens: Array, cfg: ModelConfig, cache: KVCache | None = None, *,
@@ -200,12 +209,15 @@ def hidden(params: dict, tokens: Array, cfg: ModelConfig, cache: KVCache | None 
         dropout_key = None
     cast = lambda tree: jax.tree.map(lambda a: a.astype(dtype), tree)  # noqa: E731
 
-    x = jnp.take(params["embed"]["tok"], tokens, axis=0)  # [B, T, D]
+    # Under a mesh the tables are gathered whole for the lookup (as FSDP gathers every weight
+    # before use): XLA's partitioner has no efficient gather from a table split on both axes.
+    whole = lambda table: constrain(table, (None, None))  # noqa: E731
+    x = jnp.take(whole(params["embed"]["tok"]), tokens, axis=0)  # [B, T, D]
     if cfg.pos == "learned":
-        x = x + jnp.take(params["embed"]["pos"], positions, axis=0)
+        x = x + jnp.take(whole(params["embed"]["pos"]), positions, axis=0)
     elif cfg.pos == "sinusoidal":
         x = x + layers.sinusoidal_embedding(positions, cfg.d_model)
-    x = x.astype(dtype)
+    x = constrain(x.astype(dtype), _RESIDUAL)
     if dropout_key is not None:
         dropout_key, k0 = jax.random.split(dropout_key)
         x = layers.dropout(x, cfg.dropout, k0)
@@ -219,7 +231,8 @@ def hidden(params: dict, tokens: Array, cfg: ModelConfig, cache: KVCache | None 
 
     def block(x: Array, p: dict, key: Array | None, kv: tuple | None) -> tuple[Array, tuple | None]:
         p = {**p, "attn": cast(p["attn"]), "mlp": cast(p["mlp"])}  # norms stay float32
-        return _block(cfg, x, p, key, positions, mask, bias, kv)
+        x, kv = _block(cfg, x, p, key, positions, mask, bias, kv)
+        return constrain(x, _RESIDUAL), kv
 
     layer_keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.n_layers)
     blocks = params["blocks"]

@@ -12,10 +12,13 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from arlm_jax.config import ModelConfig, TrainConfig
 from arlm_jax.loss import loss_fn
 from arlm_jax.model import init
+from arlm_jax.sharding import (batch_sharding, check_batch, constrain, param_shardings,
+                               state_shardings)
 
 Array = jax.Array
 
@@ -98,7 +101,10 @@ def _grads(params: dict, batch: dict, cfg: ModelConfig, tc: TrainConfig, key: Ar
         grads, m = grad_fn(params, {"tokens": tokens, "mask": mask}, key)
         return grads, {k: m[k] for k in ("nll_sum", "correct", "tokens")}
 
-    split = lambda x: x.reshape(a, x.shape[0] // a, *x.shape[1:])  # noqa: E731
+    def split(x: Array) -> Array:  # [B, ...] -> [A, B/A, ...]
+        x = x.reshape(x.shape[0] // a, a, *x.shape[1:]).swapaxes(0, 1)
+        return constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
+
     mbs = {"tokens": split(tokens), "mask": split(mask)}
     keys = jax.random.split(key, a)
 
@@ -117,12 +123,18 @@ def _grads(params: dict, batch: dict, cfg: ModelConfig, tc: TrainConfig, key: Ar
 
 
 def make_train_step(cfg: ModelConfig, tc: TrainConfig, optimizer: optax.GradientTransformation,
-                    **jit_kwargs):
+                    *, mesh: Mesh | None = None, **jit_kwargs):
     """A jitted ``step(state, batch) -> (state, metrics)`` with the state donated.
 
     batch["tokens"] int32 [B, T+1], optional batch["mask"] float [B, T]. The dropout key is
     ``fold_in(key(seed), step)``, so a resumed run draws exactly the masks it would have.
     Metrics: loss (mean NLL of the batch), accuracy, grad_norm, lr, tokens.
+
+    With a ``mesh`` (``sharding.make_mesh``) the step is compiled for it: parameters and
+    optimizer state laid out by the rule table (``sharding.state_shardings``; FSDP over
+    ``fsdp``, tensor parallelism over ``tensor``), the batch rows over ``data`` x ``fsdp``,
+    activations pinned at block boundaries, metrics replicated. Inputs already laid out that
+    way (``init_sharded_state``, ``sharding.global_batch``) are used in place.
     """
     schedule = lr_schedule(tc)
     base_key = jax.random.key(tc.seed + 1)
@@ -138,12 +150,42 @@ def make_train_step(cfg: ModelConfig, tc: TrainConfig, optimizer: optax.Gradient
                    "tokens": m["tokens"]}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-    return jax.jit(step, donate_argnums=0, **jit_kwargs)
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0, **jit_kwargs)
+    check_batch(tc.batch_size, mesh, tc.grad_accum)
+    state_sh = state_shardings(jax.eval_shape(lambda: init_state(jax.random.key(0), cfg, optimizer)), mesh)
+    return jax.jit(_in_mesh(step, mesh), donate_argnums=0, in_shardings=(state_sh, batch_sharding(mesh)),
+                   out_shardings=(state_sh, NamedSharding(mesh, P())), **jit_kwargs)
 
 
-def make_eval_step(cfg: ModelConfig, **jit_kwargs):
-    """A jitted ``eval_step(params, batch) -> {nll_sum, correct, tokens}`` (sums, to combine)."""
+def _in_mesh(fn, mesh: Mesh):
+    """``fn`` traced with ``mesh`` as the abstract mesh, so ``sharding.constrain`` takes effect
+    inside jit without the caller setting a mesh."""
+    def wrapped(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args)
+    return wrapped
+
+
+def init_sharded_state(key: Array, cfg: ModelConfig, optimizer: optax.GradientTransformation,
+                       mesh: Mesh) -> TrainState:
+    """``init_state`` computed directly in its sharded layout: no device ever holds the whole
+    model (what a model too big for one device needs). Same values as ``init_state``."""
+    make = lambda k: init_state(k, cfg, optimizer)  # noqa: E731
+    shardings = state_shardings(jax.eval_shape(make, key), mesh)
+    return jax.jit(make, out_shardings=shardings)(key)
+
+
+def make_eval_step(cfg: ModelConfig, *, mesh: Mesh | None = None, **jit_kwargs):
+    """A jitted ``eval_step(params, batch) -> {nll_sum, correct, tokens}`` (sums, to combine).
+
+    With a ``mesh``: params as laid out by the train step, batch rows over the batch axes.
+    """
     def eval_step(params: dict, batch: dict) -> dict:
         _, m = loss_fn(params, batch, cfg)
         return {k: m[k] for k in ("nll_sum", "correct", "tokens")}
-    return jax.jit(eval_step, **jit_kwargs)
+    if mesh is None:
+        return jax.jit(eval_step, **jit_kwargs)
+    params_sh = param_shardings(jax.eval_shape(lambda: init(jax.random.key(0), cfg)), mesh)
+    return jax.jit(_in_mesh(eval_step, mesh), in_shardings=(params_sh, batch_sharding(mesh)),
+                   out_shardings=NamedSharding(mesh, P()), **jit_kwargs)

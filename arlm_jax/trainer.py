@@ -22,6 +22,7 @@ from typing import TextIO
 import jax
 import numpy as np
 import tiktoken
+from jax.sharding import Mesh
 
 from arlm_jax import data as data_lib
 from arlm_jax.checkpoint import CheckpointError, Checkpointer
@@ -30,14 +31,17 @@ from arlm_jax.flops import flops_per_token, peak_flops
 from arlm_jax.generate import generate
 from arlm_jax.loss import bits_per_byte, perplexity
 from arlm_jax.tokenizer import decode, encode, eot_id, load_tokenizer, tokenizer_identity
-from arlm_jax.train import TrainState, init_state, make_eval_step, make_optimizer, make_train_step
+from arlm_jax.sharding import abstract_with_shardings, global_batch, mesh_of, process_rows, to_host
+from arlm_jax.train import (TrainState, init_sharded_state, init_state, make_eval_step, make_optimizer,
+                            make_train_step)
 
 # Fields that may change between a run and its --resume: they steer logging and saving,
 # not the trajectory. Any other difference would make the resumed losses differ.
 RESUMABLE_CHANGES = frozenset({"train.eval_every", "train.eval_batches", "train.log_every",
                                "train.ckpt_every", "train.keep_checkpoints", "train.out_dir",
                                "train.progress", "train.sample_prompt", "train.sample_tokens",
-                               "data.cache_dir"})
+                               "data.cache_dir", "mesh.data", "mesh.fsdp", "mesh.tensor",
+                               "mesh.devices"})  # a run may resume on another mesh
 
 
 class TrainingDiverged(RuntimeError):
@@ -76,10 +80,16 @@ def check_resumable(saved: dict, run: RunConfig, saved_tokenizer: str, tokenizer
 
 
 def evaluate(eval_step, params: dict, tokens: np.ndarray, batch_size: int, seq_len: int,
-             n_batches: int, bytes_per_token: float) -> dict:
-    """Mean NLL, perplexity, bits per byte and accuracy over fixed windows of ``tokens``."""
+             n_batches: int, bytes_per_token: float, mesh: Mesh | None = None) -> dict:
+    """Mean NLL, perplexity, bits per byte and accuracy over fixed windows of ``tokens``.
+
+    With a ``mesh`` (and ``make_eval_step(cfg, mesh=mesh)``) each process loads only its rows.
+    """
     nll = correct = n = 0.0
-    for batch in data_lib.eval_batches(tokens, batch_size, seq_len, n_batches):
+    rows = None if mesh is None else process_rows(batch_size, mesh)
+    for batch in data_lib.eval_batches(tokens, batch_size, seq_len, n_batches, rows=rows):
+        if mesh is not None:
+            batch = global_batch(batch, batch_size, mesh)
         m = jax.device_get(eval_step(params, {"tokens": batch}))
         nll, correct, n = nll + float(m["nll_sum"]), correct + float(m["correct"]), n + float(m["tokens"])
     loss = nll / max(n, 1.0)
@@ -133,11 +143,22 @@ def train(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
           enc: tiktoken.Encoding | None = None) -> TrainResult:
     """Train ``run`` (resuming from its out_dir's newest checkpoint when ``resume``); reports go
     to ``out`` (default stdout), the progress bar to stderr. ``enc`` is ``run.data.tokenizer``
-    already loaded, if the caller has it."""
+    already loaded, if the caller has it.
+
+    The run is laid out on ``run.mesh`` (sharding.py). With several processes (after
+    ``jax.distributed.initialize``; see ``distributed.py``) every process runs this same
+    function: each loads only its rows of each batch, all write the checkpoints together, and
+    process 0 alone prints and writes config.json, metrics.jsonl and the plot."""
     run.validate()
     tc, cfg, seq = run.train, run.model, run.seq_len
+    lead = jax.process_index() == 0
     out = out or sys.stdout
-    say = lambda msg: print(msg, file=out, flush=True)  # noqa: E731
+    say = (lambda msg: print(msg, file=out, flush=True)) if lead else (lambda msg: None)  # noqa: E731
+    mesh = mesh_of(run.mesh)
+    optimizer = make_optimizer(tc)
+    # built first: they check the mesh against the model's shapes and the batch size
+    train_step = make_train_step(cfg, tc, optimizer, mesh=mesh)
+    eval_step = make_eval_step(cfg, mesh=mesh)
     enc = enc or load_tokenizer(run.data.tokenizer)
     if cfg.vocab_size < enc.n_vocab:
         raise ConfigError(f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer's "
@@ -151,7 +172,6 @@ def train(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
         f"({data.n_train_docs} / {data.n_val_docs} documents, {time.perf_counter() - t0:.1f}s)")
 
     run_dir = Path(tc.out_dir)
-    optimizer = make_optimizer(tc)
     key = jax.random.key(tc.seed)
     ck = Checkpointer(run_dir, tc.keep_checkpoints)
     latest = ck.latest_step()
@@ -162,25 +182,25 @@ def train(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
         meta = ck.read_meta(latest)
         check_resumable(meta["config"], run, meta["tokenizer"], tok_id, str(ck.directory))
         abstract = jax.eval_shape(lambda: init_state(key, cfg, optimizer))
-        state, _ = ck.restore(abstract, latest)
+        state, _ = ck.restore(abstract_with_shardings(abstract, mesh), latest)  # onto this mesh
         say(f"resumed from step {latest} in {ck.directory}")
     else:
         if resume:
             say(f"--resume: no checkpoint in {ck.directory}; starting at step 0")
-        state = init_state(key, cfg, optimizer)
+        state = init_sharded_state(key, cfg, optimizer, mesh)
     start = int(state.step)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(to_dict(run), indent=1) + "\n")
     metrics_path = run_dir / "metrics.jsonl"
-    if start == 0:
-        metrics_path.unlink(missing_ok=True)
-    else:
-        _truncate_jsonl(metrics_path, start)
+    if lead:
+        (run_dir / "config.json").write_text(json.dumps(to_dict(run), indent=1) + "\n")
+        if start == 0:
+            metrics_path.unlink(missing_ok=True)
+        else:
+            _truncate_jsonl(metrics_path, start)
 
-    train_step = make_train_step(cfg, tc, optimizer)
-    eval_step = make_eval_step(cfg)
+    rows = process_rows(tc.batch_size, mesh)
     val = lambda st: evaluate(eval_step, st.params, data.val, tc.batch_size, seq,  # noqa: E731
-                              tc.eval_batches, data.bytes_per_token)
+                              tc.eval_batches, data.bytes_per_token, mesh)
     fpt, (peak, _) = flops_per_token(cfg, seq), peak_flops(cfg.dtype)
     tokens_per_step = tc.batch_size * seq
 
@@ -210,8 +230,9 @@ def train(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
         now = time.perf_counter()
         tps = tokens_per_step * (rows[-1]["step"] - clock[1]) / max(now - clock[0], 1e-9)
         clock[:] = [now, rows[-1]["step"]]
-        rows[-1] |= {"tokens_per_s": tps, "mfu": fpt * tps / peak / jax.device_count()}
-        _append_jsonl(metrics_path, rows)
+        rows[-1] |= {"tokens_per_s": tps, "mfu": fpt * tps / peak / mesh.devices.size}
+        if lead:
+            _append_jsonl(metrics_path, rows)
         bar.update(rows[-1]["step"] - bar.n)
         bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}", tok_s=f"{tps:,.0f}",
                         mfu=f"{100 * rows[-1]['mfu']:.1f}%", refresh=False)
@@ -228,7 +249,8 @@ def train(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
     step = start
     try:
         while step < tc.steps:
-            batch = {"tokens": data_lib.get_batch(data.train, tc.batch_size, seq, tc.seed, step)}
+            local = data_lib.get_batch(data.train, tc.batch_size, seq, tc.seed, step, rows=rows)
+            batch = {"tokens": global_batch(local, tc.batch_size, mesh)}
             state, m = train_step(state, batch)
             step += 1
             pending.append((step, m))
@@ -236,7 +258,9 @@ def train(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
                     or step == tc.steps:
                 flush(bar)
             if step % tc.eval_every == 0 and step < tc.steps:
-                _append_jsonl(metrics_path, [{"split": "val", "step": step, **val(state)}])
+                row = {"split": "val", "step": step, **val(state)}
+                if lead:
+                    _append_jsonl(metrics_path, [row])
             if step % tc.ckpt_every == 0 or step == tc.steps:
                 save(state, step)
     except KeyboardInterrupt:
@@ -256,16 +280,20 @@ def train(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
     ck.close()
 
     final = val(state)
-    _append_jsonl(metrics_path, [{"split": "val", "step": step, **final}])
+    if lead:
+        _append_jsonl(metrics_path, [{"split": "val", "step": step, **final}])
     say(f"validation at step {step}: loss {final['loss']:.4f}  perplexity {final['ppl']:.2f}  "
         f"bits/byte {final['bpb']:.3f}  accuracy {final['accuracy']:.3f}")
-    say(plot_losses(metrics_path, run_dir / "loss.png"))
+    if lead:
+        say(plot_losses(metrics_path, run_dir / "loss.png"))
     sample = ""
     if tc.sample_tokens:
         prompt = (encode(enc, tc.sample_prompt) or [eot_id(enc)])[-(cfg.max_len - 1):]
         n = min(tc.sample_tokens, cfg.max_len - len(prompt) + 1)  # what the context has room for
-        gen = generate(state.params, cfg, [prompt], jax.random.key(0), max_new_tokens=n)
-        sample = tc.sample_prompt + decode(enc, gen.tokens[0, :int(gen.lengths[0])].tolist())
+        with jax.set_mesh(mesh):  # the params stay where they are; the cache follows them
+            gen = generate(state.params, cfg, [prompt], jax.random.key(0), max_new_tokens=n)
+        tokens, length = to_host(gen.tokens)[0], int(to_host(gen.lengths)[0])
+        sample = tc.sample_prompt + decode(enc, tokens[:length].tolist())
         say(f"greedy sample:\n{sample}")
     return TrainResult(state=state, val=final, sample=sample, start_step=start)
 

@@ -25,7 +25,7 @@ def one_line_error(code, err, needle):
 
 
 TINY = ["--preset", "tiny", "--train.batch_size", "4", "--train.eval_batches", "2",
-        "--train.progress", "false", "--train.warmup_steps", "2", "--train.sample_tokens", "8"]
+        "--train.progress", "false", "--train.warmup_steps", "2", "--train.sample_tokens", "8", "--mesh.devices", "1"]
 
 
 @pytest.fixture
@@ -113,6 +113,14 @@ def test_tokenizer_train_command(tmp_path, corpus, capsys):
     (["eval", "/nonexistent/run"], "is missing or unreadable; give the out_dir of a training run"),
     (["eval", "/nonexistent/run", "--batches", "0"], "--batches=0 must be > 0"),
     (["tokenizer", "train", "--vocab-size", "100"], "vocab_size=100 must be >= 257"),
+    (["train", "--mesh.fsdp", "0"], "mesh.fsdp=0 must be a positive size or -1"),
+    (["train", "--mesh.data", "-1"], "at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1"),
+    (["train", "--mesh.data", "3", "--mesh.fsdp", "1"],  # conftest simulates 8 devices
+     "data=3 x fsdp=1 x tensor=1 = 3 devices, but there are 8"),
+    (["train", "--mesh.tensor", "8"], "=4) is not divisible by mesh axis tensor=8"),
+    (["train", "--train.batch_size", "12"], "train.batch_size=12 must be divisible by data=1 x fsdp=8"),
+    (["train", "--num-processes", "2", "--process-id", "5", "--coordinator", "127.0.0.1:9"],
+     "process_id=5 must be in 0..1"),
 ])
 def test_bad_input_is_one_line(argv, needle, capsys):
     code, _, err = arlm(*argv, capsys=capsys)

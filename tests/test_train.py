@@ -13,7 +13,7 @@ import pytest
 import arlm_jax as A
 from arlm_jax import train as T
 from arlm_jax.checkpoint import Checkpointer
-from arlm_jax.config import ConfigError, DataConfig, RunConfig, TrainConfig
+from arlm_jax.config import ConfigError, DataConfig, MeshConfig, RunConfig, TrainConfig
 from arlm_jax.trainer import TrainingDiverged, train
 from conftest import tiny
 
@@ -52,8 +52,8 @@ def test_gradient_accumulation_equals_full_batch():
     grads = lambda tc: jax.jit(lambda p, b: T._grads(p, b, cfg, tc, jax.random.key(0)))  # noqa: E731
     g1, m1 = grads(_tc(grad_accum=1))(params, {"tokens": toks, "mask": mask})
     g4, m4 = grads(_tc(grad_accum=4, batch_size=4))(params, {"tokens": toks, "mask": mask})
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g4)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g4)):  # |g| ~ 0.2: float32 order ~ 3e-8
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-7)
     np.testing.assert_allclose(m1["nll_sum"], m4["nll_sum"], rtol=1e-6)
 
 
@@ -85,7 +85,8 @@ def _run(tmp_path, corpus, **train_kw) -> RunConfig:
                 "ckpt_every": 6, "progress": False, "sample_tokens": 0, "warmup_steps": 2,
                 "out_dir": str(tmp_path / "run"), **train_kw}
     return RunConfig(preset="tiny", model=tiny(vocab_size=257), train=_tc(**train_kw),
-                     data=DataConfig(corpus=str(corpus), cache_dir=str(tmp_path / "cache"))).validate()
+                     data=DataConfig(corpus=str(corpus), cache_dir=str(tmp_path / "cache")),
+                     mesh=MeshConfig(devices=1)).validate()
 
 
 @pytest.fixture
