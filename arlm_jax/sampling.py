@@ -21,6 +21,7 @@ A field left at None is off for the whole batch and costs nothing; per row, the 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.struct
@@ -70,23 +71,30 @@ def temperature(logits: Array, t: Any) -> Array:
     return logits / jnp.where(t > 0, t, 1.0)
 
 
-def _order_keys(logits: Array) -> Array:
-    """int32 keys with the same order as the float32 logits (IEEE bits, negatives flipped)."""
-    bits = jax.lax.bitcast_convert_type(logits.astype(jnp.float32), jnp.int32)
+def _order_keys(x: Array) -> Array:
+    """int32 keys with the same order as float32 x (IEEE bits, negatives flipped); an involution on
+    the bits, so ``_from_keys`` undoes it."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
     return jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
 
 
-def _largest_cut(keys: Array, weight: Array, target: Array) -> Array:
-    """Largest key c with sum(weight[keys >= c]) >= target, per row, [..., 1] int32.
+def _from_keys(keys: Array) -> Array:
+    return jax.lax.bitcast_convert_type(jnp.where(keys < 0, keys ^ jnp.int32(0x7FFFFFFF), keys), jnp.float32)
 
-    An exact bisection over the int32 key space: 32 masked reductions over the vocabulary,
-    instead of sorting it (a sort of 50k logits per row costs ~10 ms per step on XLA:CPU; for a
-    65-token vocabulary both cost the same). The total weight must reach the target, so the
-    smallest key always qualifies.
+
+def _largest_cut(x: Array, weight: Array, target: Array) -> Array:
+    """Largest c among x [..., V] with sum(weight[x >= c]) >= target, per row, float32 [..., 1].
+
+    An exact bisection over the int32 keys of the float32 values: 32 masked reductions over the
+    vocabulary, instead of sorting it (a sort of 50k logits per row costs ~10 ms per step on
+    XLA:CPU; for a 65-token vocabulary both cost the same). Each reduction compares floats, which
+    XLA:CPU vectorises where an int32 key compare runs 2.5x slower. The total weight must reach
+    the target, so the smallest value always qualifies.
     """
     def mass(c: Array) -> Array:
-        return jnp.sum(jnp.where(keys >= c, weight, 0), axis=-1, keepdims=True)
+        return jnp.sum(jnp.where(x >= _from_keys(c), weight, 0), axis=-1, keepdims=True)
 
+    keys = _order_keys(x)
     lo = keys.min(axis=-1, keepdims=True)  # mass(lo) = total >= target
     hi = keys.max(axis=-1, keepdims=True)
 
@@ -97,34 +105,34 @@ def _largest_cut(keys: Array, weight: Array, target: Array) -> Array:
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
 
     lo, _ = jax.lax.fori_loop(0, 32, step, (lo, hi))
-    return lo
+    return _from_keys(lo)
 
 
-def _top_k_keep(keys: Array, k: Any) -> Array:
+def _top_k_keep(logits: Array, k: Any) -> Array:
     """bool [..., V]: the k largest (ties with the k-th kept); k <= 0 or k >= V keeps all."""
-    v = keys.shape[-1]
-    k = jnp.broadcast_to(_col(k), keys.shape[:-1] + (1,)).astype(jnp.int32)
-    cut = _largest_cut(keys, jnp.ones((), jnp.int32), jnp.clip(k, 1, v))
-    return (keys >= cut) | (k <= 0) | (k >= v)
+    v = logits.shape[-1]
+    k = jnp.broadcast_to(_col(k), logits.shape[:-1] + (1,)).astype(jnp.int32)
+    cut = _largest_cut(logits, jnp.ones((), jnp.float32), jnp.clip(k, 1, v).astype(jnp.float32))
+    return (logits >= cut) | (k <= 0) | (k >= v)
 
 
-def _top_p_keep(keys: Array, probs: Array, p: Any) -> Array:
+def _top_p_keep(probs: Array, p: Any) -> Array:
     """bool [..., V]: the shortest most-likely prefix whose mass (of ``probs``, which sum to 1)
     reaches p, plus ties with its last token; p >= 1 keeps all."""
-    p = jnp.broadcast_to(_col(p), keys.shape[:-1] + (1,)).astype(jnp.float32)
+    p = jnp.broadcast_to(_col(p), probs.shape[:-1] + (1,)).astype(jnp.float32)
     # The float sum of all probs may fall a hair short of 1; never ask for more than it.
     target = jnp.minimum(p, probs.sum(axis=-1, keepdims=True))
-    return (keys >= _largest_cut(keys, probs, target)) | (p >= 1.0)
+    return (probs >= _largest_cut(probs, probs, target)) | (p >= 1.0)
 
 
 def top_k(logits: Array, k: Any) -> Array:
     """Keep the k highest logits (ties with the k-th are kept, as in Hugging Face)."""
-    return _masked(logits, _top_k_keep(_order_keys(logits), k))
+    return _masked(logits, _top_k_keep(logits, k))
 
 
 def top_p(logits: Array, p: Any) -> Array:
     """Nucleus filter: keep the most likely tokens whose total probability first reaches p."""
-    return _masked(logits, _top_p_keep(_order_keys(logits), jax.nn.softmax(logits, axis=-1), p))
+    return _masked(logits, _top_p_keep(jax.nn.softmax(logits, axis=-1), p))
 
 
 def min_p(logits: Array, p: Any) -> Array:
@@ -133,16 +141,49 @@ def min_p(logits: Array, p: Any) -> Array:
     return _masked(logits, logits >= floor)
 
 
-def top_k_top_p(logits: Array, k: Any, p: Any) -> Array:
-    """``top_p(top_k(logits, k), p)`` sharing one key computation (either may be None)."""
-    keys = _order_keys(logits)
-    keep = jnp.ones(logits.shape, bool)
-    if k is not None:
-        keep = _top_k_keep(keys, k)
-        logits = _masked(logits, keep)
-    if p is not None:
-        keep = keep & _top_p_keep(keys, jax.nn.softmax(logits, axis=-1), p)
-    return _masked(logits, keep)
+# ---- drawing a token: [..., V] -> int32 [...] ----------------------------------------------------
+def argmax(logits: Array) -> Array:
+    """``jnp.argmax(logits, -1)`` (first index on ties, the first NaN if any) as int32 [...].
+
+    A max and then a min over the indices that hold it: two vectorised reductions, where XLA:CPU
+    runs argmax's (value, index) reduction element by element (0.42 vs 1.1 ms on [8, 50257])."""
+    v = logits.shape[-1]
+    hit = (logits == logits.max(axis=-1, keepdims=True)) | jnp.isnan(logits)
+    return jnp.min(jnp.where(hit, jnp.arange(v, dtype=jnp.int32), v), axis=-1)
+
+
+def _inverse_cdf(w: Array, u: Array) -> Array:
+    """Index i of w [..., n] >= 0 (positive sum) with cumsum[i-1] <= u * total < cumsum[i]; u [...]
+    in [0, 1). A zero weight never satisfies it: its cumsum equals the one before. u * total is
+    below the total (u < 1 rounds down), so trailing zeros are never reached either."""
+    c = jnp.cumsum(w, axis=-1)
+    return jnp.sum(c <= u[..., None] * c[..., -1:], axis=-1, dtype=jnp.int32)
+
+
+def categorical_from_weights(key: Array, w: Array) -> Array:
+    """One index per row with probability w / w.sum(); w float [..., V] >= 0 -> int32 [...].
+
+    Two-level inverse CDF: the vocabulary is cut into ~sqrt(V) blocks of ~sqrt(V) tokens, a block
+    is drawn from the block sums with one uniform and a token within it with a second. That is
+    two random numbers per row where Gumbel-max (``jax.random.categorical``) needs V, and two
+    short cumulative sums where one inverse CDF needs a V-long one (on [8, 50257]: 0.29 ms against
+    7.4 ms on XLA:CPU). Exact in distribution: P(block) * P(token | block) = w / sum(w); each level
+    resolves probabilities down to 2^-23 (the uniform draws' step) of that level's total.
+    """
+    v = w.shape[-1]
+    size = math.isqrt(v - 1) + 1  # block length: ceil(sqrt(V)), so n_blocks * size >= V
+    n_blocks = -(-v // size)
+    lead = w.shape[:-1]
+    blocks = jnp.pad(w, [(0, 0)] * len(lead) + [(0, n_blocks * size - v)]).reshape(lead + (n_blocks, size))
+    u = jax.random.uniform(key, (2,) + lead)
+    b = _inverse_cdf(blocks.sum(axis=-1), u[0])  # [...]
+    inner = jnp.take_along_axis(blocks, b[..., None, None], axis=-2)[..., 0, :]  # [..., size]
+    return b * size + _inverse_cdf(inner, u[1])
+
+
+def categorical(key: Array, logits: Array) -> Array:
+    """Draw from softmax(logits) [..., V] -> int32 [...]; removed tokens (``NEG``) are never drawn."""
+    return categorical_from_weights(key, jnp.exp(logits - logits.max(axis=-1, keepdims=True)))
 
 
 # ---- the bundle --------------------------------------------------------------------------------
@@ -236,8 +277,10 @@ def process(logits: Array, s: Sampler, history: History | None = None) -> tuple[
     out = temperature(logits, s.temperature)
     if s.banned is not None:
         logits, out = ban_tokens(logits, s.banned), ban_tokens(out, s.banned)
-    if s.top_k is not None or s.top_p is not None:
-        out = top_k_top_p(out, s.top_k, s.top_p)
+    if s.top_k is not None:
+        out = top_k(out, s.top_k)
+    if s.top_p is not None:
+        out = top_p(out, s.top_p)
     if s.min_p is not None:
         out = min_p(out, s.min_p)
     return logits, out
@@ -246,8 +289,6 @@ def process(logits: Array, s: Sampler, history: History | None = None) -> tuple[
 def sample(key: Array, logits: Array, s: Sampler | None, history: History | None = None) -> Array:
     """Next token of each row, int32 [...]. ``s`` None is greedy (argmax, no randomness)."""
     if s is None:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return argmax(logits)
     penalised, final = process(logits, s, history)
-    drawn = jax.random.categorical(key, final, axis=-1)
-    greedy = jnp.argmax(penalised, axis=-1)
-    return jnp.where(jnp.asarray(s.temperature) == 0, greedy, drawn).astype(jnp.int32)
+    return jnp.where(jnp.asarray(s.temperature) == 0, argmax(penalised), categorical(key, final))

@@ -31,7 +31,7 @@ from arlm_jax.generate import (Generation, Stop, _check_inputs, fill_cache, norm
                                push_stop_window)
 from arlm_jax.kvcache import KVCache
 from arlm_jax.model import forward, unstack_blocks
-from arlm_jax.sampling import Sampler, process
+from arlm_jax.sampling import Sampler, argmax, categorical_from_weights, process
 
 Array = jax.Array
 
@@ -90,9 +90,8 @@ def _dist(logits: Array, sampler: Sampler | None) -> tuple[Array | None, Array, 
 def _draw(key: Array, probs: Array | None, greedy: Array | None, logits: Array) -> Array:
     """A token per row: the argmax of ``logits`` for greedy rows, else drawn from ``probs``."""
     if greedy is None:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    drawn = jax.random.categorical(key, jnp.log(jnp.maximum(probs, 1e-38)), axis=-1)
-    return jnp.where(greedy, jnp.argmax(logits, axis=-1), drawn).astype(jnp.int32)
+        return argmax(logits)
+    return jnp.where(greedy, argmax(logits), categorical_from_weights(key, probs))
 
 
 def _emit(st: _State, cand: Array, count: Array, cand_lp: Array, stop: Stop, n_max: int) -> _State:
@@ -162,7 +161,7 @@ def _iteration(tp: dict, tcfg: ModelConfig, dp: dict | None, dcfg: ModelConfig |
     p, p_logits, greedy = _dist(t_logits, sampler)  # [B, k+1, V], [B, k+1, V], [B, k+1]
 
     # 3. accept a prefix of the drafts
-    ok = d == jnp.argmax(p_logits[:, :k], -1)  # greedy rows: the draft is the target's argmax
+    ok = d == argmax(p_logits[:, :k])  # greedy rows: the draft is the target's argmax
     if greedy is not None:
         p_d = jnp.take_along_axis(p[:, :k], d[..., None], -1)[..., 0]
         q_d = jnp.take_along_axis(q, d[..., None], -1)[..., 0]

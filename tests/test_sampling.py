@@ -113,7 +113,6 @@ def test_processors_compose_and_stay_finite():
     out = S.min_p(S.top_p(S.top_k(S.temperature(logits, 0.5), 3), 0.6), 0.5)
     assert np.isfinite(np.asarray(out)).all()
     assert np.asarray(out > S.NEG).sum() == 3  # ties at the cut are all kept
-    np.testing.assert_array_equal(S.top_k_top_p(logits, 2, 0.5), S.top_p(S.top_k(logits, 2), 0.5))
 
 
 def test_bisection_filters_equal_sort_based_numpy_on_random_rows():
@@ -134,3 +133,54 @@ def test_bisection_filters_equal_sort_based_numpy_on_random_rows():
         probs /= probs.sum()
         n_keep = max(int(np.sum(np.cumsum(probs) - probs < ps[r])), 1)
         np.testing.assert_array_equal(got_p[r], logits[r] >= s[n_keep - 1])
+
+
+# ---- drawing a token: the fast kernels against numpy ---------------------------------------------
+def test_argmax_equals_numpy_with_ties_nan_and_inf():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, size=(6, 3, 37)).astype(np.float32)  # many ties: the first index wins
+    x[1, 2, [5, 9]] = np.nan  # the first NaN wins, as in numpy and jnp.argmax
+    x[4, 0, :] = -np.inf
+    x[5, 1, 36] = np.inf
+    got = S.argmax(jnp.asarray(x))
+    assert got.dtype == jnp.int32
+    np.testing.assert_array_equal(got, np.argmax(x, -1))
+    np.testing.assert_array_equal(jax.jit(S.argmax)(jnp.asarray(x[0, 0])), np.argmax(x[0, 0]))
+
+
+@pytest.mark.parametrize("v", [1, 2, 50, 65])
+def test_categorical_frequencies_match_weights(v):
+    """Two-level inverse CDF: chi-square against w / sum(w) at a fixed seed; zero weights (at block
+    edges, in the padding's block, at both ends) are never drawn."""
+    from scipy import stats
+    rng = np.random.default_rng(v)
+    w = rng.uniform(0, 1, size=v) ** 3  # a wide spread of probabilities
+    if v >= 50:
+        w[[0, 7, 8, v - 2, v - 1]] = 0.0  # block length is ceil(sqrt(V)) = 8 (V=50) or 9 (V=65)
+    n = 100_000
+    logits = jnp.broadcast_to(jnp.log(jnp.asarray(w, jnp.float32)), (n, v))  # log(0) = -inf: weight 0
+    toks = jax.jit(S.categorical)(jax.random.key(1), logits)
+    counts = np.bincount(np.asarray(toks), minlength=v)
+    p = w / w.sum()
+    assert counts[p == 0].sum() == 0, "a zero-weight token was drawn"
+    if v > 1:
+        expected = n * p[p > 0]
+        chi2 = ((counts[p > 0] - expected) ** 2 / expected).sum()
+        assert chi2 < stats.chi2.ppf(0.999, df=(p > 0).sum() - 1), (counts, expected)
+
+
+def test_categorical_keeps_leading_axes_and_the_same_key_gives_the_same_draws():
+    logits = jax.random.normal(jax.random.key(0), (3, 4, 50))
+    a, b = S.categorical(jax.random.key(5), logits), S.categorical(jax.random.key(5), logits)
+    assert a.shape == (3, 4) and a.dtype == jnp.int32
+    np.testing.assert_array_equal(a, b)
+    rows = jax.vmap(lambda k, l: S.categorical(k, l))(jax.random.split(jax.random.key(6), 3), logits)
+    assert rows.shape == (3, 4) and int(rows.max()) < 50
+
+
+def test_inverse_cdf_never_lands_on_zero_weight_at_the_edges():
+    below_one = jnp.float32(1 - 2 ** -24)  # the largest uniform draw
+    assert int(S._inverse_cdf(jnp.asarray([1.0, 2.0, 0.0, 0.0]), below_one)) == 1
+    assert int(S._inverse_cdf(jnp.asarray([3.0, 0.0]), below_one)) == 0
+    assert int(S._inverse_cdf(jnp.asarray([0.0, 0.0, 1.0, 1.0]), jnp.float32(0.0))) == 2
+    assert int(S._inverse_cdf(jnp.asarray([0.5, 0.5]), jnp.float32(0.5))) == 1  # cumsum[0] <= u*total
