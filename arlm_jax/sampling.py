@@ -85,9 +85,10 @@ def _from_keys(keys: Array) -> Array:
 def _largest_cut(x: Array, weight: Array, target: Array) -> Array:
     """Largest c among x [..., V] with sum(weight[x >= c]) >= target, per row, float32 [..., 1].
 
-    An exact bisection over the int32 keys of the float32 values: 32 masked reductions over the
-    vocabulary, instead of sorting it (a sort of 50k logits per row costs ~10 ms per step on
-    XLA:CPU; for a 65-token vocabulary both cost the same). Each reduction compares floats, which
+    An exact bisection over the int32 keys of the float32 values: at most 32 masked reductions
+    over the vocabulary (a ``while_loop`` that stops once every row's bracket is one key: 0.67
+    against 0.80 ms for a fixed 32 on [1, 50257] logits), instead of sorting it (a sort of 50k
+    logits per row costs ~10 ms per step on XLA:CPU). Each reduction compares floats, which
     XLA:CPU vectorises where an int32 key compare runs 2.5x slower. The total weight must reach
     the target, so the smallest value always qualifies.
     """
@@ -98,13 +99,13 @@ def _largest_cut(x: Array, weight: Array, target: Array) -> Array:
     lo = keys.min(axis=-1, keepdims=True)  # mass(lo) = total >= target
     hi = keys.max(axis=-1, keepdims=True)
 
-    def step(_: int, bounds: tuple[Array, Array]) -> tuple[Array, Array]:
+    def step(bounds: tuple[Array, Array]) -> tuple[Array, Array]:
         lo, hi = bounds  # invariant: mass(lo) >= target and the answer lies in [lo, hi]
         mid = (lo >> 1) + (hi >> 1) + ((lo | hi) & 1)  # ceil((lo + hi) / 2) without overflow
         ok = mass(mid) >= target
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
 
-    lo, _ = jax.lax.fori_loop(0, 32, step, (lo, hi))
+    lo, _ = jax.lax.while_loop(lambda b: jnp.any(b[0] < b[1]), step, (lo, hi))
     return _from_keys(lo)
 
 
