@@ -32,9 +32,10 @@ from arlm_jax.sharding import (ShardingError, abstract_with_shardings, batch_sha
                                make_mesh, param_shardings)
 from arlm_jax.train import _in_mesh, init_state, make_optimizer, make_train_step
 
-GiB = 2 ** 30
-# Memory per chip (vendor figures): TPU v5e 16 GB, v5p 95 GB, H100 SXM 80 GB, H200 141 GB.
-ACCELERATORS = {"tpu-v5e": 16 * GiB, "tpu-v5p": 95 * GiB, "h100": 80 * GiB, "h200": 141e9}
+GiB, MiB = 2 ** 30, 2 ** 20
+# Memory per chip, all in binary units: TPU v5e 16 GiB and v5p 95 GiB of HBM; H100 SXM and H200
+# as nvidia-smi reports their total (81559 MiB and 143771 MiB; sold as "80 GB" and "141 GB").
+ACCELERATORS = {"tpu-v5e": 16 * GiB, "tpu-v5p": 95 * GiB, "h100": 81559 * MiB, "h200": 143771 * MiB}
 
 
 def simulate_devices(n: int) -> list[jax.Device]:

@@ -13,7 +13,7 @@ from arlm_jax import sharding as sh
 from arlm_jax import train as T
 from arlm_jax.checkpoint import Checkpointer
 from arlm_jax.config import MeshConfig, TrainConfig
-from arlm_jax.generate import _prefill_jit
+from arlm_jax.generate import _decode_jit, _prefill_jit
 from arlm_jax.model import unstack_blocks
 from arlm_jax.speculative import speculative_generate
 from conftest import randomise, tiny
@@ -188,15 +188,32 @@ def test_sharded_greedy_decode_equals_unsharded(decode_setup):
         got = A.generate(sharded, cfg, prompts, jax.random.key(1), max_new_tokens=12, lengths=lengths)
         sampled = A.generate(sharded, cfg, prompts, jax.random.key(2), max_new_tokens=12,
                              lengths=lengths, sampler=A.Sampler(temperature=0.8, top_p=0.9))
-        state = _prefill_jit(unstack_blocks(sharded), cfg, prompts, lengths, jax.random.key(1),
-                             None, 16, (), 0)[0]
+        layout = unstack_blocks(sharded)
+        state = _prefill_jit(layout, cfg, prompts, lengths, jax.random.key(1), None, 16, (), 0)[0]
+        after = _decode_jit(layout, cfg, state, None, 4, (), 0)[0]  # the scan keeps the layout
     np.testing.assert_array_equal(got.tokens, ref.tokens)
     np.testing.assert_allclose(got.logprobs, ref.logprobs, atol=1e-5)
     ref_sampled = A.generate(params, cfg, prompts, jax.random.key(2), max_new_tokens=12,
                              lengths=lengths, sampler=A.Sampler(temperature=0.8, top_p=0.9))
     np.testing.assert_array_equal(sampled.tokens, ref_sampled.tokens)
     # the cache is laid out as asked: rows over data x fsdp, kv heads over tensor
-    assert _laid_out(state.cache.k[0], mesh, P(("data", "fsdp"), "tensor", None, None))
+    for cache in (state.cache, after.cache):
+        assert _laid_out(cache.k[-1], mesh, P(("data", "fsdp"), "tensor", None, None))
+        assert _laid_out(cache.v[0], mesh, P(("data", "fsdp"), "tensor", None, None))
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (1, 4, 2)])
+def test_sharded_greedy_decode_on_other_meshes(decode_setup, shape):
+    """Pure data parallelism (8 replicas for 4 rows: the cache rows stay replicated) and FSDP with
+    tensor parallelism give the one-device tokens too."""
+    cfg, params, _, prompts, lengths, _ = decode_setup
+    ref = A.generate(params, cfg, prompts, jax.random.key(1), max_new_tokens=8, lengths=lengths)
+    mesh = sh.make_mesh(*shape)
+    with jax.set_mesh(mesh):
+        got = A.generate(jax.device_put(params, sh.param_shardings(params, mesh)), cfg, prompts,
+                         jax.random.key(1), max_new_tokens=8, lengths=lengths)
+    np.testing.assert_array_equal(got.tokens, ref.tokens)
+    np.testing.assert_allclose(got.logprobs, ref.logprobs, atol=1e-5)
 
 
 def test_sharded_beam_and_speculative_equal_unsharded(decode_setup):
