@@ -20,6 +20,11 @@ Targets (CPU, float32): gpt2-124m >= 2x HF tokens/s at batch 1 and >= 3x at batc
 
 Writes JSON to --out (default experiments/results/bench_decode_<model>.json) and prints it.
 No XLA flags are set; torch runs with os.cpu_count() threads.
+
+On an accelerator, ours alone (the HF side runs on the CPU, so it is skipped), e.g. the >= 1B
+model at batch 1 against the HBM roofline:
+
+    python experiments/bench_decode.py --model gpt2-1.5b --dtype bfloat16 --batch 1 --no-torch
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ PROMPT_LEN, NEW_TOKENS = 16, 128
 MODELS = {
     "small": ModelConfig(vocab_size=65, n_layers=4, n_heads=4, d_model=128, max_len=PROMPT_LEN + NEW_TOKENS),
     "gpt2-124m": ModelConfig.gpt2_124m(),
+    "gpt2-1.5b": ModelConfig.gpt2_1_5b(),  # accelerators only: ~6 GB of float32 weights
 }
 SAMPLERS = {"greedy": None, "top_p": Sampler(temperature=1.0, top_p=0.9)}
 HF_SAMPLING = {"greedy": {"do_sample": False},
@@ -119,6 +125,8 @@ class Ours:
         # The decode layout (one array per layer, arlm_jax.model.unstack_blocks), prepared once
         # like loading a model; generate would otherwise split the stacked weights every call.
         params = jax.jit(unstack_blocks)(params)
+        if cfg.dtype != "float32":  # served in the compute dtype: each step reads half the bytes
+            params = jax.jit(lambda p: jax.tree.map(lambda a: a.astype(cfg.dtype), p))(params)
         self.params, self.cfg, self.sampler = params, cfg, sampler
         self.prompts = prompts
         self.lengths = jnp.full((prompts.shape[0],), prompts.shape[1], jnp.int32)
@@ -274,8 +282,8 @@ def bench_case(name: str, cfg: ModelConfig, params: dict, model, batch: int, sam
 
 
 def bench_model(name: str, batches: list[int], samplers: list[str], repeats: int, with_torch: bool,
-                bandwidth: float) -> tuple[dict, list[dict]]:
-    cfg = gpt2_arch(MODELS[name])
+                bandwidth: float, dtype: str = "float32") -> tuple[dict, list[dict]]:
+    cfg = gpt2_arch(MODELS[name], dtype)
     params = perturbed_params(cfg)
     info = {"config": {k: getattr(cfg, k) for k in ("vocab_size", "n_layers", "n_heads", "d_model", "ff_dim",
                                                     "max_len", "pos", "norm", "mlp", "tie_embeddings",
@@ -293,7 +301,10 @@ def bench_model(name: str, batches: list[int], samplers: list[str], repeats: int
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=[*MODELS, "both"], default="both")
+    ap.add_argument("--model", choices=[*MODELS, "both"], default="both",
+                    help="both = small and gpt2-124m")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="compute dtype of ours (weights and KV cache); HF is float32")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--sampler", choices=[*SAMPLERS, "both"], default="both")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per case (after one warm-up)")
@@ -302,7 +313,9 @@ def main() -> None:
     args = ap.parse_args()
 
     with_torch = not args.no_torch and torch_available()
-    names = list(MODELS) if args.model == "both" else [args.model]
+    if with_torch and args.dtype != "float32":
+        ap.error("--dtype bfloat16 compares against nothing: add --no-torch (the HF side is float32)")
+    names = ["small", "gpt2-124m"] if args.model == "both" else [args.model]
     samplers = list(SAMPLERS) if args.sampler == "both" else [args.sampler]
     bw = measure_bandwidth()
     result = {
@@ -317,7 +330,7 @@ def main() -> None:
     }
     for name in names:
         result["models"][name], cases = bench_model(name, args.batch, samplers, args.repeats, with_torch,
-                                                    bw["bytes_per_s"])
+                                                    bw["bytes_per_s"], args.dtype)
         result["cases"] += cases
     if with_torch:
         import torch

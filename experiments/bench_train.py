@@ -9,6 +9,16 @@ random token batches, for the same number of timed steps. Steps alternate (ours,
 (default experiments/results/bench_train_<config>.json) and prints it.
 
 No XLA flags are set: both sides run with their defaults, torch with os.cpu_count() threads.
+
+On an accelerator (issue 5's MFU figures), ours alone, in bfloat16, on one device:
+
+    python experiments/bench_train.py --config gpt2-350m --dtype bfloat16 --batch 16 --seq 1024 --no-torch
+
+``--dtype bfloat16`` computes in bf16 (float32 master weights, as ``arlm train --model.dtype
+bfloat16``); the peak for MFU is then the data-sheet bf16 peak of the device (flops.PEAK_FLOPS).
+Where the device reports memory statistics (GPUs, TPUs), the JSON also holds the measured peak
+memory, the compiled step's own memory analysis, and what ``arlm plan`` predicts for the same
+step from a simulated CPU device, so the plan's accuracy is read off the same run.
 """
 
 from __future__ import annotations
@@ -41,13 +51,14 @@ FLOPS_FORMULA = "6*N + 12*L*D*T per token (N = matmul params incl. tied output m
 CONFIGS = {
     "small": (ModelConfig(vocab_size=65, n_layers=4, n_heads=4, d_model=128, max_len=64), 12, 64),
     "gpt2-124m": (ModelConfig.gpt2_124m(), 4, 256),
+    "gpt2-350m": (ModelConfig.gpt2_350m(), 4, 256),
 }
 
 
-def gpt2_arch(cfg: ModelConfig) -> ModelConfig:
+def gpt2_arch(cfg: ModelConfig, dtype: str = "float32") -> ModelConfig:
     """Force GPT-2's architecture options, whatever the preset says."""
     return dataclasses.replace(cfg, pos="learned", norm="layernorm", norm_position="pre", mlp="gelu",
-                               tie_embeddings=True, bias=True, dtype="float32").validate()
+                               tie_embeddings=True, bias=True, dtype=dtype).validate()
 
 
 def train_config(batch: int, seq: int) -> TrainConfig:
@@ -70,6 +81,10 @@ class Ours:
         t0 = time.perf_counter()
         self.step_fn = make_train_step(cfg, tc, opt).lower(self.state, batch).compile()
         self.compile_s = time.perf_counter() - t0
+        m = self.step_fn.memory_analysis()
+        self.memory = None if m is None else {
+            "arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
+            "aliased": m.alias_size_in_bytes, "temporaries": m.temp_size_in_bytes}
 
     def step(self, tokens: np.ndarray) -> tuple[float, float]:
         batch = {"tokens": jax.device_put(tokens)}
@@ -126,9 +141,26 @@ def torch_available() -> bool:
     return True
 
 
-def bench(name: str, steps: int, warmup: int, peak: tuple[float, str], with_torch: bool) -> dict:
-    base, batch, seq = CONFIGS[name]
-    cfg = gpt2_arch(dataclasses.replace(base, max_len=max(base.max_len, seq)))
+def device_peak_memory() -> int | None:
+    """Peak bytes in use on the default device so far (None where the backend keeps no statistics, as on CPU)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def planned(cfg: ModelConfig, tc: TrainConfig, name: str) -> dict:
+    """What ``arlm plan`` predicts for this train step on one (simulated CPU) device."""
+    from arlm_jax.config import RunConfig
+    from arlm_jax.plan import plan
+
+    run = RunConfig(preset=name, model=cfg, train=tc).validate()
+    return plan(run, jax.devices("cpu")[:1])["train"]
+
+
+def bench(name: str, steps: int, warmup: int, peak: tuple[float, str], with_torch: bool,
+          dtype: str = "float32", batch: int | None = None, seq: int | None = None) -> dict:
+    base, default_batch, default_seq = CONFIGS[name]
+    batch, seq = batch or default_batch, seq or default_seq
+    cfg = gpt2_arch(dataclasses.replace(base, max_len=max(base.max_len, seq)), dtype)
     tc = train_config(batch, seq)
     data = random_batches(warmup + steps, batch, seq, cfg.vocab_size)
     ours = Ours(cfg, tc, data[0])
@@ -171,6 +203,13 @@ def bench(name: str, steps: int, warmup: int, peak: tuple[float, str], with_torc
         "params": ours.n_params,
         "ours": summary(times["ours"]) | {"final_loss": losses["ours"][-1]},
     }
+    measured_peak = device_peak_memory()
+    if measured_peak is not None:  # an accelerator: compare with the plan of the same step
+        plan_train = planned(cfg, tc, name)
+        result["memory"] = {"measured_peak_bytes": measured_peak, "compiled_here": ours.memory,
+                            "plan_cpu_estimate": {k: plan_train[k] for k in ("peak", "temporaries", "params",
+                                                                            "opt_state", "flops")},
+                            "plan_peak_over_measured": plan_train["peak"] / measured_peak}
     if theirs is not None:
         result["theirs"] = summary(times["theirs"]) | {
             "impl": f"transformers.GPT2LMHeadModel, {theirs.version}, "
@@ -183,7 +222,11 @@ def bench(name: str, steps: int, warmup: int, peak: tuple[float, str], with_torc
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", choices=[*CONFIGS, "both"], default="small")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 20 small, 10 gpt2-124m)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 20 small, 10 the others)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="compute dtype of ours (the HF side is float32 either way)")
+    ap.add_argument("--batch", type=int, default=None, help="batch size (default per config)")
+    ap.add_argument("--seq", type=int, default=None, help="sequence length (default per config)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--peak-flops", type=float, default=None, help="FLOP/s for MFU (default: measured)")
     ap.add_argument("--no-torch", action="store_true", help="skip the Hugging Face comparison")
@@ -193,11 +236,13 @@ def main() -> None:
     if args.peak_flops:
         peak = (args.peak_flops, "--peak-flops")
     else:
-        peak = peak_flops("float32")
+        peak = peak_flops(args.dtype)
     with_torch = not args.no_torch and torch_available()
-    names = list(CONFIGS) if args.config == "both" else [args.config]
-    results = [bench(n, args.steps or (20 if n == "small" else 10), args.warmup, peak, with_torch)
-               for n in names]
+    if with_torch and args.dtype != "float32":
+        ap.error("--dtype bfloat16 compares against nothing: add --no-torch (the HF side is float32)")
+    names = ["small", "gpt2-124m"] if args.config == "both" else [args.config]
+    results = [bench(n, args.steps or (20 if n == "small" else 10), args.warmup, peak, with_torch,
+                     args.dtype, args.batch, args.seq) for n in names]
     out = results[0] if len(results) == 1 else {"results": results}
     write_result(out, args.out, f"bench_train_{args.config}.json")
 
