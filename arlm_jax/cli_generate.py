@@ -6,17 +6,22 @@
     arlm generate --checkpoint RUN_DIR --prompts-file prompts.txt     # one prompt per line
     arlm generate --checkpoint RUN_DIR --draft-checkpoint SMALL_RUN --lookahead 4 --prompt ...
     arlm generate --checkpoint RUN_DIR --prompt-lookup 3 --prompt ...  # speculative, no draft model
+    arlm generate --checkpoint RUN_DIR --mesh.tensor 4 --prompt ...    # sharded over 4 devices
 
 One prompt and one sample stream to stdout in chunks of ``--chunk`` tokens (every chunk reuses
 one compiled program); a batch (several prompts or samples) prints each row when all are done.
 Generation stops at <|endoftext|> and at every ``--stop`` text (matched as the token sequence
-the tokenizer gives that text; exact with the byte tokenizer).
+the tokenizer gives that text; exact with the byte tokenizer). Any ``--mesh.*`` option restores
+the checkpoint onto a device mesh (sharding.py's rule table: weights over fsdp and tensor, the
+KV cache's rows over data x fsdp and its heads over tensor) and decodes there, for a model that
+does not fit one device; without one, everything runs on one device.
 """
 
 from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
 import sys
 from pathlib import Path
 
@@ -50,7 +55,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop text (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sampler")
     p.add_argument("--chunk", type=int, default=8, help="tokens per streamed chunk")
+    mesh = p.add_argument_group("mesh options (decode sharded; default: one device)")
+    for name, what in (("data", "replicas over the rows (default 1)"),
+                       ("fsdp", "weights split along d_model, rows split too (default -1: the rest)"),
+                       ("tensor", "heads, MLP hidden units and vocabulary split (default 1)"),
+                       ("devices", "use the first N devices (default 0: all)")):
+        mesh.add_argument(f"--mesh.{name}", dest=f"mesh.{name}", type=int, default=None, metavar="N", help=what)
     p.set_defaults(func=cmd_generate)
+
+
+def _mesh(args: argparse.Namespace):
+    """The mesh the --mesh.* options ask for, or None when none is given (one device)."""
+    given = {k: getattr(args, f"mesh.{k}") for k in ("data", "fsdp", "tensor", "devices")
+             if getattr(args, f"mesh.{k}", None) is not None}
+    if not given:
+        return None
+    from arlm_jax.config import MeshConfig
+    from arlm_jax.sharding import mesh_of
+    return mesh_of(MeshConfig(**given).validate())
 
 
 def _unescape(text: str) -> str:
@@ -109,8 +131,6 @@ def _print_rows(enc, texts: list[str], tokens, lengths, num_samples: int) -> Non
 def cmd_generate(args: argparse.Namespace) -> int:
     import jax
 
-    from arlm_jax.beam import beam_search
-    from arlm_jax.generate import generate, pad_prompts, stream
     from arlm_jax.tokenizer import encode, eot_id, load_tokenizer, tokenizer_identity
     from arlm_jax.trainer import load_run
 
@@ -121,8 +141,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--num-samples={args.num_samples} must be in 1..--beams={args.beams} with beam search")
     texts = _prompts(args)
     sampler = None if args.beams is not None else _sampler(args)
-    run, params, meta = load_run(args.checkpoint, args.step)
-    cfg = run.model
+    mesh = _mesh(args)
+    run, params, meta = load_run(args.checkpoint, args.step, mesh=mesh)
     enc = load_tokenizer(run.data.tokenizer)
     if tokenizer_identity(enc) != meta["tokenizer"]:
         raise ConfigError(f"generate: data.tokenizer={run.data.tokenizer!r} now loads "
@@ -132,7 +152,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if any(not p for p in ids):
         raise ConfigError("--prompt: empty prompt; give at least one character")
     key = jax.random.key(args.seed)
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        return _decode_and_print(args, run, params, meta, enc, texts, ids, stop, key, sampler, mesh)
 
+
+def _decode_and_print(args, run, params, meta, enc, texts, ids, stop, key, sampler, mesh) -> int:
+    from arlm_jax.beam import beam_search
+    from arlm_jax.generate import generate, pad_prompts, stream
+    from arlm_jax.tokenizer import eot_id
+
+    cfg = run.model
     if args.beams is not None:
         toks, lens = pad_prompts(ids, max_len=cfg.max_len - args.max_new_tokens + 1)
         res = beam_search(params, cfg, toks, beams=args.beams, max_new_tokens=args.max_new_tokens,
@@ -148,7 +177,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     rows = [p for p in ids for _ in range(args.num_samples)]
     toks, lens = pad_prompts(rows, max_len=cfg.max_len - args.max_new_tokens + 1)
     if args.draft_checkpoint is not None or args.prompt_lookup is not None:
-        return _speculative(args, run, params, enc, meta, texts, toks, lens, key, sampler, stop)
+        return _speculative(args, run, params, enc, meta, texts, toks, lens, key, sampler, stop, mesh)
     if len(rows) == 1:  # stream
         out = _TextStream(enc)
         sys.stdout.write(texts[0])
@@ -168,13 +197,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _speculative(args, run, params, enc, meta, texts, toks, lens, key, sampler, stop) -> int:
+def _speculative(args, run, params, enc, meta, texts, toks, lens, key, sampler, stop, mesh) -> int:
     from arlm_jax.speculative import speculative_generate
     from arlm_jax.trainer import load_run
 
     draft_params, draft_cfg = None, None
     if args.draft_checkpoint is not None:
-        draft_run, draft_params, draft_meta = load_run(args.draft_checkpoint)
+        draft_run, draft_params, draft_meta = load_run(args.draft_checkpoint, mesh=mesh)
         if draft_meta["tokenizer"] != meta["tokenizer"]:
             raise ConfigError(f"--draft-checkpoint: its tokenizer ({draft_meta['tokenizer']}) is not the "
                               f"target's ({meta['tokenizer']})")

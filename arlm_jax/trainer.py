@@ -298,8 +298,11 @@ def train(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
     return TrainResult(state=state, val=final, sample=sample, start_step=start)
 
 
-def load_run(run_dir: str | Path, step: int | None = None) -> tuple[RunConfig, dict, dict]:
-    """(config, params, meta) of a training run's checkpoint (default: the newest)."""
+def load_run(run_dir: str | Path, step: int | None = None, mesh=None) -> tuple[RunConfig, dict, dict]:
+    """(config, params, meta) of a training run's checkpoint (default: the newest).
+
+    With a ``mesh`` every array is restored straight into its place on it (the rule table's
+    layout, whatever mesh saved it); without one, onto the default device."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     try:
@@ -309,6 +312,8 @@ def load_run(run_dir: str | Path, step: int | None = None) -> tuple[RunConfig, d
                               f"out_dir of a training run ({type(err).__name__})") from err
     optimizer = make_optimizer(run.train)
     abstract = jax.eval_shape(lambda: init_state(jax.random.key(0), run.model, optimizer))
+    if mesh is not None:
+        abstract = abstract_with_shardings(abstract, mesh)
     with Checkpointer(run_dir, read_only=True) as ck:
         state, meta = ck.restore(abstract, step)
     return run, state.params, meta

@@ -101,3 +101,43 @@ def test_bad_lookahead_is_one_line(run_dir, capsys):
     code, _, err = arlm("generate", "--checkpoint", run_dir, "--prompt", "def", "--prompt-lookup", "2",
                         "--lookahead", "0", capsys=capsys)
     one_line_error(code, err, "k=0")
+
+
+@pytest.mark.parametrize("mesh", [["--mesh.fsdp", "4", "--mesh.devices", "4"],
+                                  ["--mesh.data", "2", "--mesh.fsdp", "-1"]])
+def test_sharded_generate_prints_the_same_text(run_dir, tmp_path, mesh, capsys):
+    """The checkpoint restored onto a mesh and decoded there: the streamed greedy text, and a
+    sampled batch (4 rows, so every data x fsdp shard holds rows), equal the one-device output."""
+    code, out, err = arlm("generate", "--checkpoint", run_dir, "--prompt", "def f1", "--temperature", "0",
+                          "--max-new-tokens", "12", "--chunk", "4", *mesh, capsys=capsys)
+    assert code == 0, err
+    assert out == _greedy_text(run_dir, "def f1", 12) + "\n"
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("def f2\nreturn\n")
+    batch = ["generate", "--checkpoint", run_dir, "--prompts-file", prompts, "--num-samples", "2",
+             "--temperature", "0.8", "--top-p", "0.9", "--max-new-tokens", "10", "--seed", "5"]
+    code, want, err = arlm(*batch, capsys=capsys)
+    assert code == 0, err
+    code, got, err = arlm(*batch, *mesh, capsys=capsys)
+    assert code == 0, err
+    assert got == want
+
+
+def test_load_run_onto_a_mesh_shards_the_weights(run_dir):
+    from jax.sharding import PartitionSpec as P
+    from arlm_jax.sharding import make_mesh
+    mesh = make_mesh(1, 4, 1, jax.devices()[:4])
+    _, params, _ = load_run(run_dir, mesh=mesh)
+    wq = params["blocks"]["attn"]["wq"]  # [L, D, H, E]: D over fsdp, H over tensor (size 1)
+    assert wq.sharding.spec == P(None, "fsdp", "tensor", None) and len(wq.sharding.device_set) == 4
+
+
+@pytest.mark.parametrize("mesh, needle", [
+    (["--mesh.tensor", "2"], "vocab=257) is not divisible by mesh axis tensor=2"),
+    (["--mesh.data", "3", "--mesh.fsdp", "1"], "= 3 devices, but there are 8"),
+    (["--mesh.fsdp", "0"], "mesh.fsdp=0"),
+    (["--mesh.devices", "9"], "mesh.devices=9"),
+])
+def test_bad_generate_mesh_is_one_line(run_dir, mesh, needle, capsys):
+    code, _, err = arlm("generate", "--checkpoint", run_dir, "--prompt", "def", *mesh, capsys=capsys)
+    one_line_error(code, err, needle)
