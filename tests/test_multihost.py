@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -87,6 +88,20 @@ def test_two_process_training_matches_one_process(tmp_path):
     _, params, meta = load_run(tmp_path / "two")
     assert meta["step"] == 4
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(single.state.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=2e-6)
+
+    # ... and the two processes' step-2 checkpoint resumes in this one process on another mesh
+    # (4 devices, fsdp=2 x tensor=2), finishing the same trajectory as the one-process run
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "two", resumed_dir)
+    shutil.rmtree(resumed_dir / "checkpoints" / "4")
+    resumed = train(RunConfig(preset="tiny", model=model, data=data,
+                              mesh=MeshConfig(data=1, fsdp=2, tensor=2, devices=4),
+                              train=TrainConfig(out_dir=str(resumed_dir), **tc)).validate(),
+                    resume=True, out=open("/dev/null", "w"))
+    assert resumed.start_step == 2
+    np.testing.assert_allclose(resumed.val["loss"], single.val["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(resumed.state.params), jax.tree.leaves(single.state.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=2e-6)
 
 
