@@ -161,10 +161,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from arlm_jax import data as data_lib
     from arlm_jax.tokenizer import load_tokenizer, tokenizer_identity
     from arlm_jax.train import make_eval_step
+    from arlm_jax.sharding import check_batch
     from arlm_jax.trainer import evaluate, load_run
     if args.batches < 1:
         raise ConfigError(f"--batches={args.batches} must be > 0")
-    run, params, meta = load_run(args.run_dir, args.step)
+    mesh = cli_generate.mesh_option(args)
+    run, params, meta = load_run(args.run_dir, args.step, mesh=mesh)
     data_cfg = dataclasses.replace(run.data, corpus=args.corpus or run.data.corpus)
     enc = load_tokenizer(data_cfg.tokenizer)
     if tokenizer_identity(enc) != meta["tokenizer"]:
@@ -173,8 +175,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = data_lib.build_token_cache(data_cfg, enc)
     tokens = data.val if args.split == "val" else data.train
     batch, seq = args.batch_size or run.train.batch_size, run.seq_len
-    res = evaluate(make_eval_step(run.model), params, tokens, batch, seq, args.batches,
-                   data.bytes_per_token)
+    if mesh is not None:
+        check_batch(batch, mesh, field="--batch-size")
+    res = evaluate(make_eval_step(run.model, mesh=mesh), params, tokens, batch, seq, args.batches,
+                   data.bytes_per_token, mesh=mesh)
     res |= {"step": meta["step"], "corpus": data_cfg.corpus, "split": args.split,
             "tokens_scored": batch * seq * args.batches}
     if args.json:
@@ -267,6 +271,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, default=16, help="batches of evenly spaced windows")
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's train.batch_size")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    cli_generate.add_mesh_options(p, "evaluate")
     p.set_defaults(func=cmd_eval)
 
     cli_generate.add_parser(sub)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from arlm_jax import cli
@@ -70,6 +71,16 @@ def test_train_eval_info_end_to_end(tmp_path, corpus, capsys):
     assert res["step"] == 6 and res["ppl"] > 1 and res["bpb"] > 0
     code, out, _ = arlm("eval", run, "--step", "3", capsys=capsys)
     assert code == 0 and out.startswith("step 3 on")
+    # restored onto a 4-device mesh and scored there: the same figures
+    code, out, err = arlm("eval", run, "--json", "--batches", "2", "--mesh.fsdp", "2", "--mesh.data", "2",
+                          "--mesh.devices", "4", capsys=capsys)
+    assert code == 0, err
+    sharded = json.loads(out)
+    for k in ("loss", "ppl", "bpb", "accuracy"):
+        np.testing.assert_allclose(sharded[k], res[k], rtol=1e-5)
+    code, _, err = arlm("eval", run, "--batch-size", "6", "--mesh.fsdp", "4", "--mesh.devices", "4",
+                        capsys=capsys)
+    one_line_error(code, err, "--batch-size=6 must be divisible by")
 
     # the saved config.json is a valid --config file and reproduces the run's options
     code, out, err = arlm("info", "--config", run / "config.json", capsys=capsys)
