@@ -12,8 +12,9 @@ stacked cache through a loop index copies it (the whole cache, every step), whil
 per-layer buffers are read in place and written in place by a B*T-slot scatter.
 
 Slot s of a row holds the token at position s, so positions, masks and positional biases all
-come from slot indices: a query at position p may attend to slots 0..p, which are always
-written before they are read (a forward writes its new keys, then attends). Rows may hold
+come from slot indices. A forward over T new tokens attends to the slots filled before them
+(0..length-1) and to its own T keys, then writes those keys into slots length..length+T-1:
+reading before writing lets XLA update every buffer in place (model.py). Rows may hold
 different lengths (ragged prompts, speculative rows that accepted different counts); rolling a
 row back is just lowering its length, since slots past the length are never attended.
 """
@@ -64,15 +65,9 @@ def write(buf: Array, new: Array, starts: Array) -> Array:
 
     buf [B, K, S, E], new [B, T, K, E], starts int32 [B] -> buf with slots
     starts[b] .. starts[b]+T-1 of row b replaced; done in place when ``buf`` is a loop carry or
-    donated.
+    donated and every read of the old buffer comes first (model.py orders them).
     """
     b, t = new.shape[:2]
-    if b == 1 and t == 1:
-        # One row, one token: XLA:CPU turns the scatter (or a dynamic_update_slice) into two
-        # fused copies, one per reader, and then copies the buffer 4x per step; rewriting it
-        # through a select is ~2x less traffic. With more rows the scatter is in place.
-        hit = jnp.arange(buf.shape[2])[None, None, :, None] == starts[:, None, None, None]
-        return jnp.where(hit, new.astype(buf.dtype).transpose(0, 2, 1, 3), buf)
     rows = jnp.arange(b)[:, None]  # [B, 1]
     slots = starts[:, None] + jnp.arange(t)[None, :]  # [B, T]
     # buf[rows, :, slots, :] is the [B, T, K, E] view being replaced; slots past S are dropped

@@ -137,24 +137,68 @@ def attention_core(q: Array, kt: Array, vt: Array, mask: Array, bias: Array | No
     slower there). The softmax is normalised after the PV product (divide [.., E] rather
     than [.., S]), as flash attention does; dropout then drops unnormalised weights.
     """
-    b, t, h, e = q.shape
-    kh, s = kt.shape[1], kt.shape[2]
-    g = h // kh
-    qf = q.reshape(b, t, kh, g, e).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, e)  # [B, K, G*T, E]
-    scores = jnp.einsum("bkqe,bkse->bkqs", qf, kt.astype(q.dtype), preferred_element_type=jnp.float32)
-    scores = scores * (1.0 / math.sqrt(e))  # [B, K, G*T, S]
-    if bias is not None:
-        scores = scores + bias.reshape(b, kh, g * t, s)
-    m = jnp.broadcast_to(mask[:, None], (b, g, t, s)).reshape(b, 1, g * t, s)
-    scores = jnp.where(m, scores, jnp.finfo(jnp.float32).min)
+    qf = _fold_queries(q, kt.shape[1])
+    scores = _scores(qf, kt, mask, bias)  # [B, K, G*T, S]
     w = jnp.exp(scores - jax.lax.stop_gradient(scores.max(-1, keepdims=True)))
     denom = w.sum(-1, keepdims=True)  # [B, K, G*T, 1]
     if dropout_key is not None and dropout_rate > 0.0:
         w = dropout(w, dropout_rate, dropout_key)
-    out = jnp.einsum("bkqs,bkse->bkqe", w.astype(q.dtype), vt.astype(q.dtype),
-                     preferred_element_type=jnp.float32)
-    out = (out / denom).astype(q.dtype)
-    return out.reshape(b, kh, g, t, e).transpose(0, 3, 1, 2, 4).reshape(b, t, h, e)
+    return _unfold_queries(_pv(w, vt, q.dtype) / denom, q)
+
+
+def attention_with_cache(q: Array, kt: Array, vt: Array, k_new: Array, v_new: Array,
+                         mask_old: Array, mask_new: Array, bias_old: Array | None = None,
+                         bias_new: Array | None = None) -> Array:
+    """T new queries over a KV cache *as it was before them* plus their own T keys: one softmax
+    over both parts, so the result is ``attention_core`` over the cache with the new keys
+    written in. Decoding reads the cache before writing to it, which lets XLA update it in
+    place (see model.py).
+
+    q [B, T, H, E]; kt, vt [B, K, S, E] the cache; k_new, v_new [B, T, K, E]; mask_old
+    [B, T, S] (or broadcastable: the slots filled before these tokens); mask_new [B, T, T]
+    (causal); biases [B, H, T, S] and [B, H, T, T] or None -> [B, T, H, E].
+    """
+    kh = kt.shape[1]
+    qf = _fold_queries(q, kh)
+    kn, vn = k_new.transpose(0, 2, 1, 3), v_new.transpose(0, 2, 1, 3)  # [B, K, T, E]
+    s_old = _scores(qf, kt, mask_old, bias_old)  # [B, K, G*T, S]
+    s_new = _scores(qf, kn, mask_new, bias_new)  # [B, K, G*T, T]
+    top = jnp.maximum(s_old.max(-1, keepdims=True), s_new.max(-1, keepdims=True))
+    w_old, w_new = jnp.exp(s_old - top), jnp.exp(s_new - top)
+    denom = w_old.sum(-1, keepdims=True) + w_new.sum(-1, keepdims=True)
+    return _unfold_queries((_pv(w_old, vt, q.dtype) + _pv(w_new, vn, q.dtype)) / denom, q)
+
+
+def _fold_queries(q: Array, kh: int) -> Array:
+    """q [B, T, H, E] -> [B, K, G*T, E]: each kv head's G query heads folded into the query axis."""
+    b, t, h, e = q.shape
+    return q.reshape(b, t, kh, h // kh, e).transpose(0, 2, 3, 1, 4).reshape(b, kh, h // kh * t, e)
+
+
+def _unfold_queries(out: Array, q: Array) -> Array:
+    """float32 [B, K, G*T, E] -> q's shape [B, T, H, E] and dtype."""
+    b, t, h, e = q.shape
+    kh = out.shape[1]
+    return out.astype(q.dtype).reshape(b, kh, h // kh, t, e).transpose(0, 3, 1, 2, 4).reshape(b, t, h, e)
+
+
+def _scores(qf: Array, kt: Array, mask: Array, bias: Array | None) -> Array:
+    """Scaled, biased, masked float32 scores [B, K, G*T, S] of folded queries qf [B, K, G*T, E]
+    against keys kt [B, K, S, E]; mask [B or 1, T, S] bool, bias [B, H, T, S] or None. Masked
+    entries get finfo.min, not -inf, so a fully masked row stays finite."""
+    b, kh, gt, e = qf.shape
+    t, s = mask.shape[1], kt.shape[2]
+    scores = jnp.einsum("bkqe,bkse->bkqs", qf, kt.astype(qf.dtype), preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / math.sqrt(e))
+    if bias is not None:
+        scores = scores + bias.reshape(b, kh, gt, s)
+    m = jnp.broadcast_to(mask[:, None], (mask.shape[0], gt // t, t, s)).reshape(mask.shape[0], 1, gt, s)
+    return jnp.where(m, scores, jnp.finfo(jnp.float32).min)
+
+
+def _pv(w: Array, vt: Array, dtype) -> Array:
+    """Unnormalised weights w [B, K, G*T, S] times values vt [B, K, S, E] -> float32 [B, K, G*T, E]."""
+    return jnp.einsum("bkqs,bkse->bkqe", w.astype(dtype), vt.astype(dtype), preferred_element_type=jnp.float32)
 
 
 # ---- MLP and dropout ---------------------------------------------------------------------

@@ -83,9 +83,11 @@ def _attention_block(p: dict, x: Array, positions: Array, mask: Array, bias: Arr
                      cfg: ModelConfig, key: Array | None, kv: tuple | None) -> tuple[Array, tuple | None]:
     """Self-attention sub-layer. x [B, T, D] -> ([B, T, D], kv).
 
-    ``kv`` is None (attend over this call's T tokens) or this layer's (k_buf, v_buf, starts) from
-    the KV cache, bufs [B, K, S, E]: the new keys and values are written at each row's offset,
-    then the queries attend over all S slots.
+    ``kv`` is None (attend over this call's T tokens; ``mask`` [B, T, T], ``bias`` [B, H, T, T])
+    or this layer's (k_buf, v_buf, starts) from the KV cache, bufs [B, K, S, E]: the queries
+    attend over the cache as it was plus the T new keys (``mask`` and ``bias`` are then pairs:
+    the cache part [B, T, S], the new part [B, T, T]), and then the new keys and values are
+    written at each row's offset.
     """
     # Projections as plain [.., D] x [D, N*E] matmuls on reshaped (bitcast) weights: with the
     # 3-index einsum XLA:CPU picked layouts that copied wo ([H, E, D]) on every decode step.
@@ -101,8 +103,14 @@ def _attention_block(p: dict, x: Array, positions: Array, mask: Array, bias: Arr
         o = layers.attention(q, k, v, mask, bias, cfg.dropout, key)
     else:
         k_buf, v_buf, starts = kv
-        k_buf, v_buf = kvcache.write(k_buf, k, starts), kvcache.write(v_buf, v, starts)
-        o = layers.attention_core(q, k_buf, v_buf, mask, bias, cfg.dropout, key)
+        o = layers.attention_with_cache(q, k_buf, v_buf, k, v, *mask, *(bias or (None, None)))
+        # Read, then write: the written keys and values take a (zero) data dependency on the
+        # attention output, so XLA orders the in-place write after both reads of the old buffer.
+        # Writing first made XLA:CPU fuse the write into each reader and copy every buffer on
+        # every batch-1 step (docs/benchmarks.md).
+        # [B, T, K, 1]: each row and kv head waits for its own query heads (local on a mesh)
+        after = 0.0 * o.reshape(b, t, k.shape[2], -1)[..., :1]
+        k_buf, v_buf = kvcache.write(k_buf, k + after, starts), kvcache.write(v_buf, v + after, starts)
         kv = (k_buf, v_buf, starts)
     out = o.reshape(b, t, -1) @ p["wo"].reshape(-1, d)
     if "bo" in p:
@@ -222,12 +230,19 @@ def hidden(params: dict, tokens: Array, cfg: ModelConfig, cache: KVCache | None 
         dropout_key, k0 = jax.random.split(dropout_key)
         x = layers.dropout(x, cfg.dropout, k0)
 
-    mask = layers.causal_mask(positions, k_pos)  # [B, T, S]
-    bias = None
-    if cfg.pos == "alibi":
-        bias = layers.alibi_bias(positions, k_pos, cfg.n_heads)
-    elif cfg.pos == "relative":
-        bias = layers.relative_bias(params["rel_bias"], positions, k_pos, cfg.rel_max_distance)
+    def biases(k_pos: Array) -> Array | None:  # [B, H, T, S] of the queries against keys at k_pos
+        if cfg.pos == "alibi":
+            return layers.alibi_bias(positions, k_pos, cfg.n_heads)
+        if cfg.pos == "relative":
+            return layers.relative_bias(params["rel_bias"], positions, k_pos, cfg.rel_max_distance)
+        return None
+
+    if cache is None:
+        mask, bias = layers.causal_mask(positions, k_pos), biases(k_pos)  # [B, T, T], [B, H, T, T]
+    else:  # the cache part (slots filled before this call) and the new part (causal), see above
+        filled = jnp.broadcast_to(k_pos[:, None, :] < cache.lengths[:, None, None], (b, t, cache.capacity))
+        mask = (filled, layers.causal_mask(positions, positions))
+        bias = None if cfg.pos not in ("alibi", "relative") else (biases(k_pos), biases(positions))
 
     def block(x: Array, p: dict, key: Array | None, kv: tuple | None) -> tuple[Array, tuple | None]:
         p = {**p, "attn": cast(p["attn"]), "mlp": cast(p["mlp"])}  # norms stay float32

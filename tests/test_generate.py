@@ -175,21 +175,23 @@ def test_pad_prompts_rejects_empty_prompt():
         A.pad_prompts([[1, 2], []])
 
 
-def test_decode_loop_updates_the_cache_in_place():
+@pytest.mark.parametrize("rows", [[[1, 2, 3], [4, 5]], [[1, 2, 3]]])
+def test_decode_loop_updates_the_cache_in_place(rows):
     """The compiled decode loop carries the KV cache without copying it: no copy of a cache-shaped
-    buffer inside the while body (with one row, XLA:CPU's update is a select instead; see kvcache)."""
+    buffer inside the while body, with several rows and with one. Attention reads the old cache
+    before the write (model.py); written first, XLA:CPU copied every buffer on every one-row step."""
     import re
 
     from arlm_jax.generate import decode, prefill
     cfg, params = _model(n_kv_heads=2)
-    toks, lens = A.pad_prompts([[1, 2, 3], [4, 5]], bucket=4)
+    toks, lens = A.pad_prompts(rows, bucket=4)
     state, _, _ = prefill(params, cfg, jnp.asarray(toks), jnp.asarray(lens), jax.random.key(0), 16)
     hlo = jax.jit(decode, static_argnums=(1, 3)).lower(params, cfg, state, 9).compile().as_text()
     comps = re.split(r"\n(?=\S)", hlo)
     loop = next(c for c in comps if '"known_trip_count":{"n":"9"}' in c)
     body_name = re.search(r"body=%([\w.\-]+)", loop).group(1)
     body = next(c for c in comps if c.lstrip("%").startswith(body_name + " "))
-    cache_shape = "f32[2,2,16,8]"  # [B, K, S, E]
+    cache_shape = f"f32[{len(rows)},2,16,8]"  # [B, K, S, E]
     assert cache_shape in body  # the cache is in the loop ...
     copies = [ln for ln in body.splitlines() if " copy(" in ln and cache_shape in ln]
     assert not copies, copies  # ... and never copied
