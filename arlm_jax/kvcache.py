@@ -57,6 +57,9 @@ def init_cache(cfg: ModelConfig, batch: int, capacity: int | None = None) -> KVC
     zeros = tuple(constrain(jnp.zeros(shape, _DTYPES[cfg.dtype]), CACHE_AXES)
                   for _ in range(cfg.n_layers))
     lengths = constrain(jnp.zeros((batch,), jnp.int32), ("batch",))
+    # Opaque to the compiler: a prefill reads the cache before writing it (model.py), and XLA
+    # would otherwise constant-fold that read of known zeros (8 s of compile for 8 x 64 tokens).
+    zeros, lengths = jax.lax.optimization_barrier((zeros, lengths))
     return KVCache(k=zeros, v=zeros, lengths=lengths)
 
 
