@@ -159,9 +159,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from arlm_jax import data as data_lib
+    from arlm_jax.sharding import check_batch
     from arlm_jax.tokenizer import load_tokenizer, tokenizer_identity
     from arlm_jax.train import make_eval_step
-    from arlm_jax.sharding import check_batch
     from arlm_jax.trainer import evaluate, load_run
     if args.batches < 1:
         raise ConfigError(f"--batches={args.batches} must be > 0")

@@ -87,7 +87,7 @@ def _attention_block(p: dict, x: Array, positions: Array, mask: Array, bias: Arr
     or this layer's (k_buf, v_buf, starts) from the KV cache, bufs [B, K, S, E]: the queries
     attend over the cache as it was plus the T new keys (``mask`` and ``bias`` are then pairs:
     the cache part [B, T, S], the new part [B, T, T]), and then the new keys and values are
-    written at each row's offset.
+    written at each row's offset. A cached forward (decoding) applies no attention dropout.
     """
     # Projections as plain [.., D] x [D, N*E] matmuls on reshaped (bitcast) weights: with the
     # 3-index einsum XLA:CPU picked layouts that copied wo ([H, E, D]) on every decode step.
@@ -107,8 +107,8 @@ def _attention_block(p: dict, x: Array, positions: Array, mask: Array, bias: Arr
         # Read, then write: the written keys and values take a (zero) data dependency on the
         # attention output, so XLA orders the in-place write after both reads of the old buffer.
         # Writing first made XLA:CPU fuse the write into each reader and copy every buffer on
-        # every batch-1 step (docs/benchmarks.md).
-        # [B, T, K, 1]: each row and kv head waits for its own query heads (local on a mesh)
+        # every batch-1 step (docs/benchmarks.md). [B, T, K, 1]: each row and kv head waits
+        # for its own query heads only, which stay on the same device under a mesh.
         after = 0.0 * o.reshape(b, t, k.shape[2], -1)[..., :1]
         k_buf, v_buf = kvcache.write(k_buf, k + after, starts), kvcache.write(v_buf, v + after, starts)
         kv = (k_buf, v_buf, starts)
