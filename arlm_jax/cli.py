@@ -82,17 +82,31 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                         help=f"model shape preset: {', '.join(MODEL_PRESETS)} (default: demo)")
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="JSON or TOML file with model/train/data/mesh sections (e.g. a run's config.json)")
-    for section, cls in SECTIONS.items():
-        group = parser.add_argument_group(f"{section} options")
-        helps = _field_help(cls)
-        defaults = cls()
-        for f in dataclasses.fields(cls):
-            option = f"--{section}.{f.name}"
-            type_str = str(f.type)
-            default = getattr(defaults, f.name)
-            group.add_argument(option, dest=f"{section}.{f.name}", default=None, metavar="V",
-                               type=_converter(type_str),
-                               help=f"{helps.get(f.name, '')} [{type_str}, default {default!r}]".lstrip())
+    for section in SECTIONS:
+        _add_section_options(parser, section)
+
+
+def _add_section_options(parser: argparse.ArgumentParser, section: str, title: str | None = None) -> None:
+    """--section.field for every field of one config section (value None when not given)."""
+    cls = SECTIONS[section]
+    group = parser.add_argument_group(title or f"{section} options")
+    helps = _field_help(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        type_str = str(f.type)
+        default = getattr(defaults, f.name)
+        group.add_argument(f"--{section}.{f.name}", dest=f"{section}.{f.name}", default=None, metavar="V",
+                           type=_converter(type_str),
+                           help=f"{helps.get(f.name, '')} [{type_str}, default {default!r}]".lstrip())
+
+
+def mesh_from_args(args: argparse.Namespace):
+    """The mesh the --mesh.* options ask for, or None when none is given (one device)."""
+    given = {name.split(".", 1)[1]: v for name, v in vars(args).items() if name.startswith("mesh.") and v is not None}
+    if not given:
+        return None
+    from arlm_jax.sharding import mesh_of
+    return mesh_of(MeshConfig(**given).validate())
 
 
 def _read_config_file(path: str) -> dict:
@@ -165,7 +179,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from arlm_jax.trainer import evaluate, load_run
     if args.batches < 1:
         raise ConfigError(f"--batches={args.batches} must be > 0")
-    mesh = cli_generate.mesh_option(args)
+    mesh = mesh_from_args(args)
     run, params, meta = load_run(args.run_dir, args.step, mesh=mesh)
     data_cfg = dataclasses.replace(run.data, corpus=args.corpus or run.data.corpus)
     enc = load_tokenizer(data_cfg.tokenizer)
@@ -271,10 +285,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, default=16, help="batches of evenly spaced windows")
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's train.batch_size")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    cli_generate.add_mesh_options(p, "evaluate")
+    _add_section_options(p, "mesh", "mesh options (evaluate sharded; default: one device)")
     p.set_defaults(func=cmd_eval)
 
-    cli_generate.add_parser(sub)
+    p = cli_generate.add_parser(sub)
+    _add_section_options(p, "mesh", "mesh options (decode sharded; default: one device)")
 
     p = sub.add_parser("tokenizer", help="tokenizer tools")
     tsub = p.add_subparsers(dest="tokenizer_command", required=True, parser_class=_Parser)

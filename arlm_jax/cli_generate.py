@@ -28,7 +28,7 @@ from pathlib import Path
 from arlm_jax.config import ConfigError
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate text from a checkpoint (sampling or beam search)",
                        description=__doc__.split("\n\n")[2].replace("\n", " "))
     src = p.add_mutually_exclusive_group(required=True)
@@ -55,29 +55,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop text (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sampler")
     p.add_argument("--chunk", type=int, default=8, help="tokens per streamed chunk")
-    add_mesh_options(p, "decode")
     p.set_defaults(func=cmd_generate)
-
-
-def add_mesh_options(p: argparse.ArgumentParser, what: str) -> None:
-    """--mesh.data/fsdp/tensor/devices for a command that loads a checkpoint (generate, eval)."""
-    mesh = p.add_argument_group(f"mesh options ({what} sharded; default: one device)")
-    for name, helps in (("data", "replicas over the rows (default 1)"),
-                        ("fsdp", "weights split along d_model, rows split too (default -1: the rest)"),
-                        ("tensor", "heads, MLP hidden units and vocabulary split (default 1)"),
-                        ("devices", "use the first N devices (default 0: all)")):
-        mesh.add_argument(f"--mesh.{name}", dest=f"mesh.{name}", type=int, default=None, metavar="N", help=helps)
-
-
-def mesh_option(args: argparse.Namespace):
-    """The mesh the --mesh.* options ask for, or None when none is given (one device)."""
-    given = {k: getattr(args, f"mesh.{k}") for k in ("data", "fsdp", "tensor", "devices")
-             if getattr(args, f"mesh.{k}", None) is not None}
-    if not given:
-        return None
-    from arlm_jax.config import MeshConfig
-    from arlm_jax.sharding import mesh_of
-    return mesh_of(MeshConfig(**given).validate())
+    return p  # cli.py adds the --mesh.* options
 
 
 def _unescape(text: str) -> str:
@@ -136,6 +115,7 @@ def _print_rows(enc, texts: list[str], tokens, lengths, num_samples: int) -> Non
 def cmd_generate(args: argparse.Namespace) -> int:
     import jax
 
+    from arlm_jax.cli import mesh_from_args
     from arlm_jax.tokenizer import encode, eot_id, load_tokenizer, tokenizer_identity
     from arlm_jax.trainer import load_run
 
@@ -146,7 +126,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--num-samples={args.num_samples} must be in 1..--beams={args.beams} with beam search")
     texts = _prompts(args)
     sampler = None if args.beams is not None else _sampler(args)
-    mesh = mesh_option(args)
+    mesh = mesh_from_args(args)
     run, params, meta = load_run(args.checkpoint, args.step, mesh=mesh)
     enc = load_tokenizer(run.data.tokenizer)
     if tokenizer_identity(enc) != meta["tokenizer"]:
