@@ -1,27 +1,52 @@
-"""arlm_jax: autoregressive language models in JAX, as pure functions.
+"""arlm_jax: autoregressive language models in JAX, as pure functions, for every model family.
 
-    cfg = arlm_jax.ModelConfig.tiny()
+    cfg = arlm_jax.ModelConfig.tiny()                  # the Transformer's config; every family has one
     params = arlm_jax.init(jax.random.key(0), cfg)
     logits, _ = arlm_jax.forward(params, tokens, cfg)
     loss, metrics = arlm_jax.loss_fn(params, {"tokens": tokens}, cfg)
     out = arlm_jax.generate(params, cfg, tokens, key, max_new_tokens=32,
                             sampler=arlm_jax.Sampler(temperature=0.8, top_p=0.95))
+
+The same calls work for every family: ``cfg.family`` says which one (models/api.py).
+Layout by concern: models/ (the family interface, layers, the families), decode/, train/,
+data/, parallel/, analysis/, cli/; config.py, loss.py and checkpoint.py at the top.
 """
 
-from arlm_jax.config import (ConfigError, DataConfig, MeshConfig, ModelConfig, RunConfig,
-                             TrainConfig, model_preset)
+from typing import Any as _Any
+
+from arlm_jax.errors import ConfigError
+from arlm_jax.config import DataConfig, MeshConfig, RunConfig, TrainConfig, model_preset
+from arlm_jax.models import Family, families, family_of, get_family, register
+from arlm_jax.models.transformer.config import TransformerConfig
+from arlm_jax.models.transformer.cache import KVCache, init_cache
 from arlm_jax.loss import bits_per_byte, cross_entropy, loss_fn, perplexity
-from arlm_jax.flops import flops_per_token, param_count
-from arlm_jax.model import forward, init
-from arlm_jax.kvcache import KVCache, init_cache
-from arlm_jax.sampling import Sampler
-from arlm_jax.generate import Generation, generate, pad_prompts, stream
-from arlm_jax.beam import BeamResult, beam_search
-from arlm_jax.speculative import SpecResult, speculative_generate
-from arlm_jax.sharding import constrain, make_mesh, param_shardings
+from arlm_jax.analysis.flops import flops_per_token, param_count
+from arlm_jax.decode.sampling import Sampler
+from arlm_jax.decode.inputs import pad_prompts
+from arlm_jax.decode.generate import Generation, generate, stream
+from arlm_jax.decode.beam import BeamResult, beam_search
+from arlm_jax.decode.speculative import SpecResult, speculative_generate
+from arlm_jax.parallel.mesh import make_mesh
+from arlm_jax.parallel.rules import constrain
+from arlm_jax.parallel.shardings import param_shardings
+
+ModelConfig = TransformerConfig  # the default family's config, under its historical name
+
+
+def init(key, cfg: _Any):
+    """Random parameters of ``cfg``'s family: a pytree of float32 arrays."""
+    return family_of(cfg).init(key, cfg)
+
+
+def forward(params, tokens, cfg: _Any, state=None, **kwargs):
+    """tokens int32 [B, T] -> (logits float32 [B, T, V], state), for ``cfg``'s family
+    (``Family.forward``: without a state the plain teacher-forced forward)."""
+    return family_of(cfg).forward(params, tokens, cfg, state, **kwargs)
+
 
 __all__ = [
-    "ConfigError", "DataConfig", "MeshConfig", "ModelConfig", "RunConfig", "TrainConfig", "model_preset",
+    "ConfigError", "DataConfig", "MeshConfig", "ModelConfig", "RunConfig", "TrainConfig", "TransformerConfig",
+    "model_preset", "Family", "families", "family_of", "get_family", "register",
     "init", "forward", "param_count", "flops_per_token",
     "cross_entropy", "loss_fn", "perplexity", "bits_per_byte",
     "KVCache", "init_cache", "Sampler", "Generation", "generate", "pad_prompts", "stream",

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from arlm_jax.config import ConfigError
+from arlm_jax.errors import ConfigError
 
 # orbax logs every save and restore through absl; our own progress output says enough.
 logging.getLogger("absl").setLevel(logging.ERROR)
@@ -81,7 +81,7 @@ class Checkpointer:
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
         """(state, meta) of ``step`` (default: the newest), arrays laid out as ``abstract_state``
         (a pytree of ``jax.ShapeDtypeStruct``, e.g. from ``jax.eval_shape``): each goes where its
-        sharding says (``sharding.abstract_with_shardings``: any mesh, whatever mesh saved it),
+        sharding says (``parallel.shardings.abstract_with_shardings``: any mesh, whatever mesh saved it),
         or onto the default device when it has none."""
         step = self._step(step)
         one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

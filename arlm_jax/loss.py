@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from arlm_jax.config import ModelConfig
-from arlm_jax.model import forward
+from arlm_jax.models import family_of
 
 Array = jax.Array
 
@@ -38,15 +38,15 @@ def cross_entropy(logits: Array, targets: Array, mask: Array | None = None,
     return loss, metrics
 
 
-def loss_fn(params: dict, batch: dict, cfg: ModelConfig, *, dropout_key: Array | None = None,
+def loss_fn(params: Any, batch: dict, cfg: Any, *, dropout_key: Array | None = None,
             z_loss: float = 0.0) -> tuple[Array, dict]:
-    """Teacher-forced LM loss of one batch.
+    """Teacher-forced LM loss of one batch, for a model of any family.
 
     batch["tokens"] int32 [B, T+1] (inputs are [:, :-1], targets [:, 1:]);
     optional batch["mask"] [B, T] weighting the targets. -> (loss, metrics) as ``cross_entropy``.
     """
     tokens = batch["tokens"]
-    logits, _ = forward(params, tokens[:, :-1], cfg, dropout_key=dropout_key)
+    logits, _ = family_of(cfg).forward(params, tokens[:, :-1], cfg, dropout_key=dropout_key)
     return cross_entropy(logits, tokens[:, 1:], batch.get("mask"), z_loss)
 
 

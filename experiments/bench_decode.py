@@ -48,12 +48,12 @@ from results_io import write_result  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from arlm_jax.config import ModelConfig  # noqa: E402
-from arlm_jax.flops import param_count  # noqa: E402
-from arlm_jax.generate import decode, generate, prefill  # noqa: E402
-from arlm_jax.model import unstack_blocks  # noqa: E402
-from arlm_jax.model import forward, init  # noqa: E402
-from arlm_jax.sampling import Sampler  # noqa: E402
+from arlm_jax import ModelConfig  # noqa: E402
+from arlm_jax.analysis.flops import param_count  # noqa: E402
+from arlm_jax.decode.generate import decode, generate, prefill  # noqa: E402
+from arlm_jax.models.transformer.model import unstack_blocks  # noqa: E402
+from arlm_jax.models.transformer.model import forward, init  # noqa: E402
+from arlm_jax.decode.sampling import Sampler  # noqa: E402
 
 PROMPT_LEN, NEW_TOKENS = 16, 128
 MODELS = {
@@ -122,7 +122,7 @@ _decode = jax.jit(decode, static_argnames=("cfg", "n_steps", "stop", "pad_id"))
 
 class Ours:
     def __init__(self, params: dict, cfg: ModelConfig, prompts: np.ndarray, sampler: Sampler | None):
-        # The decode layout (one array per layer, arlm_jax.model.unstack_blocks), prepared once
+        # The decode layout (one array per layer, arlm_jax.models.transformer.model.unstack_blocks), prepared once
         # like loading a model; generate would otherwise split the stacked weights every call.
         params = jax.jit(unstack_blocks)(params)
         if cfg.dtype != "float32":  # served in the compute dtype: each step reads half the bytes

@@ -3,7 +3,7 @@
     python experiments/bench_speculative.py
 
 Trains (or loads, from --models-dir) a ~25M-parameter target and a ~0.4M-parameter draft on the
-default corpus (the Python standard library, byte tokenizer) with ``arlm_jax.trainer.train``,
+default corpus (the Python standard library, byte tokenizer) with ``arlm_jax.train.loop.train``,
 then times, in one run: plain ``generate`` of the target, ``speculative_generate`` with the draft
 for k in {2, 4, 8} (greedy, and temperature 0.8 sampling), and prompt-lookup drafting (no draft
 model, 3-gram match, greedy) on a prompt that repeats lines of code. A finished run in the models
@@ -42,14 +42,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import write_result  # noqa: E402
 import jax  # noqa: E402
 
-from arlm_jax.config import ModelConfig, RunConfig, TrainConfig, to_dict  # noqa: E402
-from arlm_jax.flops import param_count  # noqa: E402
-from arlm_jax.generate import generate  # noqa: E402
-from arlm_jax.model import unstack_blocks  # noqa: E402
-from arlm_jax.sampling import Sampler  # noqa: E402
-from arlm_jax.speculative import speculative_generate  # noqa: E402
-from arlm_jax.tokenizer import decode, encode, load_tokenizer  # noqa: E402
-from arlm_jax.trainer import load_run, train  # noqa: E402
+from arlm_jax import ModelConfig
+from arlm_jax.config import RunConfig, TrainConfig, to_dict  # noqa: E402
+from arlm_jax.analysis.flops import param_count  # noqa: E402
+from arlm_jax.decode.generate import generate  # noqa: E402
+from arlm_jax.models.transformer.model import unstack_blocks  # noqa: E402
+from arlm_jax.decode.sampling import Sampler  # noqa: E402
+from arlm_jax.decode.speculative import speculative_generate  # noqa: E402
+from arlm_jax.data.tokenizer import decode, encode, load_tokenizer  # noqa: E402
+from arlm_jax.train.loop import train
+from arlm_jax.train.run_dir import load_run  # noqa: E402
 
 KS = (2, 4, 8)
 NGRAM = 3

@@ -2,7 +2,7 @@
 
     python experiments/bench_tokenizer.py --vocab-size 4096
 
-Trains a byte-level BPE with ``arlm_jax.tokenizer.train_bpe`` on the training documents of the
+Trains a byte-level BPE with ``arlm_jax.data.tokenizer.train_bpe`` on the training documents of the
 corpus (the same by-document split as the data pipeline), then encodes the held-out documents
 with it and with the byte tokenizer. Prints JSON and writes it to --out.
 """
@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_io import write_result  # noqa: E402
-from arlm_jax.data import iter_documents, split_doc_ids  # noqa: E402
-from arlm_jax.tokenizer import byte_encoding, encode_batch, train_bpe  # noqa: E402
+from arlm_jax.data.tokens import iter_documents, split_doc_ids  # noqa: E402
+from arlm_jax.data.tokenizer import byte_encoding, encode_batch, train_bpe  # noqa: E402
 
 
 def main() -> None:

@@ -41,9 +41,11 @@ from results_io import write_result  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from arlm_jax.config import ModelConfig, TrainConfig  # noqa: E402
-from arlm_jax.flops import flops_per_token, param_count, peak_flops  # noqa: E402
-from arlm_jax.train import init_state, make_optimizer, make_train_step  # noqa: E402
+from arlm_jax import ModelConfig
+from arlm_jax.config import TrainConfig  # noqa: E402
+from arlm_jax.analysis.flops import flops_per_token, param_count, peak_flops  # noqa: E402
+from arlm_jax.train.optim import make_optimizer
+from arlm_jax.train.step import init_state, make_train_step  # noqa: E402
 
 FLOPS_FORMULA = "6*N + 12*L*D*T per token (N = matmul params incl. tied output matrix, T = seq len)"
 
@@ -74,7 +76,7 @@ def random_batches(n: int, batch: int, seq: int, vocab: int, seed: int = 0) -> l
 # ---- ours ----------------------------------------------------------------------------------
 class Ours:
     def __init__(self, cfg: ModelConfig, tc: TrainConfig, example: np.ndarray):
-        opt = make_optimizer(tc)
+        opt = make_optimizer(tc, cfg)
         self.state = init_state(jax.random.key(0), cfg, opt)
         self.n_params = param_count(self.state.params)
         batch = {"tokens": jnp.asarray(example)}
@@ -109,7 +111,7 @@ class Theirs:
             vocab_size=cfg.vocab_size, activation_function="gelu_new",
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
         self.model = transformers.GPT2LMHeadModel(hf_cfg).float().train()
-        # Same decay rule as arlm_jax.train.weight_decay_mask: matmul weights only.
+        # Same decay rule as arlm_jax.train.optim.weight_decay_mask: matmul weights only.
         named = dict(self.model.named_parameters())
         decay = [p for n, p in named.items() if p.ndim >= 2 and "wte" not in n and "wpe" not in n]
         no_decay = [p for n, p in named.items() if not (p.ndim >= 2 and "wte" not in n and "wpe" not in n)]
@@ -150,7 +152,7 @@ def device_peak_memory() -> int | None:
 def planned(cfg: ModelConfig, tc: TrainConfig, name: str) -> dict:
     """What ``arlm plan`` predicts for this train step on one (simulated CPU) device."""
     from arlm_jax.config import RunConfig
-    from arlm_jax.plan import plan
+    from arlm_jax.analysis.plan import plan
 
     run = RunConfig(preset=name, model=cfg, train=tc).validate()
     return plan(run, jax.devices("cpu")[:1])["train"]

@@ -16,7 +16,7 @@ import pytest
 # mesh.devices=1 so they train on one device as a laptop would.
 jax.config.update("jax_num_cpu_devices", 8)
 
-from arlm_jax.config import ModelConfig
+from arlm_jax import ModelConfig
 
 
 def tiny(**overrides) -> ModelConfig:

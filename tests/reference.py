@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from arlm_jax.config import ModelConfig
+from arlm_jax import ModelConfig
 
 
 def _norm(p: dict, x: np.ndarray, cfg: ModelConfig) -> np.ndarray:
@@ -138,7 +138,7 @@ def greedy_uncached(params: dict, cfg: ModelConfig, prompt: list[int], n_new: in
     import jax
     import jax.numpy as jnp
 
-    from arlm_jax.model import forward
+    from arlm_jax.models.transformer.model import forward
 
     @jax.jit
     def next_token(params, buf, length):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import arlm_jax as A
-from arlm_jax.config import ConfigError
+from arlm_jax.errors import ConfigError
 from conftest import randomise, tiny
 
 
@@ -82,7 +82,7 @@ def test_ragged_batch_equals_single_prompts():
     (dict(beams=0), "beams=0"),
     (dict(n_best=5), "n_best=5"),
     (dict(stop=[[1, 2]]), "single stop tokens"),
-    (dict(max_new_tokens=40), "exceeds the KV cache"),
+    (dict(max_new_tokens=40), "exceeds the context"),
 ])
 def test_bad_beam_arguments(kwargs, match):
     cfg, params = _model()

@@ -7,12 +7,13 @@ import pytest
 
 from arlm_jax.checkpoint import CheckpointError, Checkpointer
 from arlm_jax.config import TrainConfig
-from arlm_jax.train import init_state, make_optimizer
+from arlm_jax.train.optim import make_optimizer
+from arlm_jax.train.step import init_state
 from conftest import tiny
 
 
 def _state(seed):
-    opt = make_optimizer(TrainConfig())
+    opt = make_optimizer(TrainConfig(), tiny())
     st = init_state(jax.random.key(seed), tiny(), opt)
     return st.replace(step=jnp.int32(seed)), opt
 

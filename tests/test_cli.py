@@ -9,8 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from arlm_jax import cli
-from arlm_jax.config import DataConfig, ModelConfig, TrainConfig
+from arlm_jax.cli import main as cli
+from arlm_jax import ModelConfig
+from arlm_jax.config import DataConfig, TrainConfig
 
 
 def arlm(*argv, capsys):
@@ -108,7 +109,7 @@ def test_tokenizer_train_command(tmp_path, corpus, capsys):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["train", "--preset", "gpt5"], "preset='gpt5' is unknown; choose one of tiny, demo"),
+    (["train", "--preset", "gpt5"], "preset='gpt5' is unknown for model.family='transformer'; choose one of tiny, demo"),
     (["train", "--model.nlayers", "3"], "unknown option '--model.nlayers' (did you mean --model.n_layers?)"),
     (["train", "--model.n_layers", "x"], "argument --model.n_layers: 'x' is not an int"),
     (["train", "--model.d_model", "30"], "model.d_model=30 must be divisible by model.n_heads=4"),

@@ -3,9 +3,9 @@
 import jax
 import pytest
 
-from arlm_jax.generate import generate
-from arlm_jax.tokenizer import decode, encode, load_tokenizer
-from arlm_jax.trainer import load_run
+from arlm_jax.decode.generate import generate
+from arlm_jax.data.tokenizer import decode, encode, load_tokenizer
+from arlm_jax.train.run_dir import load_run
 from test_cli import TINY, arlm, one_line_error
 
 
@@ -16,7 +16,7 @@ def run_dir(tmp_path_factory):
     corpus.write_text("".join(f"def f{j}(x):\n    return x + {j}\n\n" for j in range(200)))
     mp = pytest.MonkeyPatch()
     mp.setenv("ARLM_CACHE", str(tmp / "cache"))
-    from arlm_jax import cli
+    from arlm_jax.cli import main as cli
     assert cli.main(["train", *TINY, "--data.corpus", str(corpus), "--train.out_dir", str(tmp / "run"),
                      "--train.steps", "30", "--train.lr", "3e-3", "--train.sample_tokens", "0"]) == 0
     yield tmp / "run"
@@ -69,7 +69,7 @@ def test_batch_samples_and_beams(run_dir, tmp_path, capsys):
     (["--top-p", "1.5"], "sampler.top_p=1.5"),
     (["--top-k", "-2"], "sampler.top_k=-2"),
     (["--temperature", "-1"], "sampler.temperature=-1.0"),
-    (["--max-new-tokens", "500"], "exceeds the KV cache"),
+    (["--max-new-tokens", "500"], "exceeds the context"),
     (["--prompt", ""], "empty prompt"),
     (["--prompt", "x" * 40], "longer than the context"),
     (["--num-samples", "3", "--beams", "2"], "--num-samples=3"),
@@ -125,7 +125,7 @@ def test_sharded_generate_prints_the_same_text(run_dir, tmp_path, mesh, capsys):
 
 def test_load_run_onto_a_mesh_shards_the_weights(run_dir):
     from jax.sharding import PartitionSpec as P
-    from arlm_jax.sharding import make_mesh
+    from arlm_jax.parallel.mesh import make_mesh
     mesh = make_mesh(1, 4, 1, jax.devices()[:4])
     _, params, _ = load_run(run_dir, mesh=mesh)
     wq = params["blocks"]["attn"]["wq"]  # [L, D, H, E]: D over fsdp, H over tensor (size 1)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tiktoken
 
-from arlm_jax import data
-from arlm_jax.config import ConfigError, DataConfig
+from arlm_jax.data import tokens as data
+from arlm_jax.errors import ConfigError
+from arlm_jax.config import DataConfig
 
 PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import arlm_jax as A
-from arlm_jax.config import ConfigError
-from arlm_jax.generate import _decode_jit, _generate
-from arlm_jax.kvcache import init_cache
+from arlm_jax.errors import ConfigError
+from arlm_jax.decode.generate import _decode_jit, _generate
+from arlm_jax.models.transformer.cache import init_cache
 from conftest import randomise, tiny
 import reference
 
@@ -151,7 +151,7 @@ def test_generate_inside_user_jit():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(prompts=np.ones((1, 40), np.int32)), "longer than the context"),
-    (dict(max_new_tokens=30), "exceeds the KV cache"),
+    (dict(max_new_tokens=30), "exceeds the context"),
     (dict(max_new_tokens=0), "max_new_tokens=0"),
     (dict(sampler=A.Sampler(top_p=1.5)), r"sampler.top_p=1.5 .* \(0, 1\]"),
     (dict(sampler=A.Sampler(top_p=0.0)), "sampler.top_p=0.0"),
@@ -182,7 +182,7 @@ def test_decode_loop_updates_the_cache_in_place(rows):
     before the write (model.py); written first, XLA:CPU copied every buffer on every one-row step."""
     import re
 
-    from arlm_jax.generate import decode, prefill
+    from arlm_jax.decode.generate import decode, prefill
     cfg, params = _model(n_kv_heads=2)
     toks, lens = A.pad_prompts(rows, bucket=4)
     state, _, _ = prefill(params, cfg, jnp.asarray(toks), jnp.asarray(lens), jax.random.key(0), 16)

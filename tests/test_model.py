@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import arlm_jax as A
-from arlm_jax.config import MODEL_PRESETS, ConfigError, ModelConfig
+from arlm_jax.errors import ConfigError
+from arlm_jax.models.transformer.config import PRESETS as MODEL_PRESETS, TransformerConfig as ModelConfig
 from conftest import randomise, tiny
 import reference
 
@@ -184,5 +185,5 @@ def test_bad_model_config_is_one_line_error(opts, needle):
 
 
 def test_unknown_preset():
-    with pytest.raises(ConfigError, match="preset='gpt5' is unknown; choose one of tiny, demo"):
+    with pytest.raises(ConfigError, match="preset='gpt5' is unknown for model.family='transformer'; choose one of tiny, demo"):
         A.model_preset("gpt5")

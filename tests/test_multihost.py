@@ -13,11 +13,13 @@ import jax
 import numpy as np
 import pytest
 
-from arlm_jax import cli, distributed
+from arlm_jax.cli import main as cli
+from arlm_jax.parallel import distributed
 from arlm_jax.config import DataConfig, MeshConfig, RunConfig, TrainConfig
-from arlm_jax.data import build_token_cache
-from arlm_jax.tokenizer import load_tokenizer
-from arlm_jax.trainer import load_run, train
+from arlm_jax.data.tokens import build_token_cache
+from arlm_jax.data.tokenizer import load_tokenizer
+from arlm_jax.train.loop import train
+from arlm_jax.train.run_dir import load_run
 from conftest import tiny
 from test_cli import one_line_error
 

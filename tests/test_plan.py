@@ -6,10 +6,10 @@ import json
 import jax
 import pytest
 
-from arlm_jax import plan as plan_lib
+from arlm_jax.analysis import plan as plan_lib
 from arlm_jax.config import MeshConfig, RunConfig, TrainConfig
-from arlm_jax.flops import param_count
-from arlm_jax.model import init
+from arlm_jax.analysis.flops import param_count
+from arlm_jax.models.transformer.model import init
 from conftest import tiny
 from test_cli import arlm, one_line_error
 

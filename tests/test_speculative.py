@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import arlm_jax as A
-from arlm_jax.config import ConfigError
-from arlm_jax.speculative import _speculative, speculative_generate
+from arlm_jax.errors import ConfigError
+from arlm_jax.decode.speculative import _speculative, speculative_generate
 from conftest import randomise, tiny
 
 
@@ -61,7 +61,7 @@ def test_sampled_output_follows_the_target_distribution(sampler, drafter):
     pairs = np.asarray(spec.out.tokens)
     freq = np.bincount(pairs[:, 0] * 4 + pairs[:, 1], minlength=16) / n
     # exact: p(a) p(b | a) under the processed target distribution
-    from arlm_jax.sampling import process
+    from arlm_jax.decode.sampling import process
     seqs = np.array(list(itertools.product(range(4), repeat=2)))
     full = jnp.asarray(np.concatenate([np.tile(prompt, (16, 1)), seqs], 1))
     logits = A.forward(tp, full, cfg)[0]  # [16, 6, 4]
@@ -115,7 +115,7 @@ def test_bad_speculative_input(change, match):
 
 
 def test_prompt_lookup_proposals():
-    from arlm_jax.speculative import _lookup
+    from arlm_jax.decode.speculative import _lookup
     ctx = jnp.asarray([[1, 2, 3, 1, 2, 3, 1, 2, 0, 0],    # loop of 3: continue it
                        [7, 7, 7, 7, 7, 0, 0, 0, 0, 0],    # a run: more of it
                        [5, 6, 9, 1, 2, 8, 4, 5, 6, 0],    # "5 6" seen before: what followed it

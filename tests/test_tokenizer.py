@@ -18,8 +18,8 @@ import tiktoken.registry
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arlm_jax import bpe, tokenizer as tok
-from arlm_jax.config import ConfigError
+from arlm_jax.data import bpe, tokenizer as tok
+from arlm_jax.errors import ConfigError
 
 EOT = "<|endoftext|>"
 _WORDS = ("def class return self value index result import from for while if else elif try except "

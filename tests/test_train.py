@@ -11,10 +11,12 @@ import optax
 import pytest
 
 import arlm_jax as A
-from arlm_jax import train as T
+from arlm_jax.models.transformer.axes import param_axes as AX
+from arlm_jax.train import optim as T_optim, step as T
 from arlm_jax.checkpoint import Checkpointer
-from arlm_jax.config import ConfigError, DataConfig, MeshConfig, RunConfig, TrainConfig
-from arlm_jax.trainer import TrainingDiverged, train
+from arlm_jax.errors import ConfigError
+from arlm_jax.config import DataConfig, MeshConfig, RunConfig, TrainConfig
+from arlm_jax.train.loop import TrainingDiverged, train
 from conftest import tiny
 
 
@@ -24,24 +26,24 @@ def _tc(**kw) -> TrainConfig:
 
 # ---- pure pieces ----------------------------------------------------------------------------
 def test_lr_schedules():
-    cos = T.lr_schedule(_tc(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1))
+    cos = T_optim.lr_schedule(_tc(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1))
     assert float(cos(0)) == pytest.approx(0.1) and float(cos(10)) == pytest.approx(1.0)
     assert float(cos(100)) == pytest.approx(0.1, abs=1e-6)
     assert float(cos(55)) == pytest.approx(0.55, abs=1e-6)  # half-way down the cosine
-    wsd = T.lr_schedule(_tc(steps=100, warmup_steps=10, lr=1.0, schedule="wsd", decay_fraction=0.2))
+    wsd = T_optim.lr_schedule(_tc(steps=100, warmup_steps=10, lr=1.0, schedule="wsd", decay_fraction=0.2))
     assert float(wsd(50)) == pytest.approx(1.0) and float(wsd(79)) == pytest.approx(1.0)
     assert float(wsd(90)) == pytest.approx(0.55) and float(wsd(100)) == pytest.approx(0.1)
-    const = T.lr_schedule(_tc(steps=100, warmup_steps=0, lr=0.5, schedule="constant"))
+    const = T_optim.lr_schedule(_tc(steps=100, warmup_steps=0, lr=0.5, schedule="constant"))
     assert float(const(0)) == float(const(99)) == 0.5
 
 
 def test_weight_decay_mask_spares_norms_biases_embeddings():
     params = A.init(jax.random.key(0), tiny(pos="relative"))
-    mask = T.weight_decay_mask(params)
+    mask = T_optim.weight_decay_mask(AX(params))
     assert mask["blocks"]["attn"]["wq"] and mask["blocks"]["mlp"]["w_in"]
     assert not mask["blocks"]["attn"]["bq"] and not mask["blocks"]["attn_norm"]["scale"]
     assert not mask["embed"]["tok"] and not mask["rel_bias"]
-    assert all(jax.tree.leaves(T.weight_decay_mask(params, decay_all=True)))
+    assert all(jax.tree.leaves(T_optim.weight_decay_mask(AX(params), decay_all=True)))
 
 
 def test_gradient_accumulation_equals_full_batch():
@@ -61,7 +63,7 @@ def test_train_step_matches_a_hand_written_optax_update():
     # a large eps keeps Adam's first step away from sign(g), so clipping and decay both show
     cfg, tc = tiny(), _tc(lr=1e-2, warmup_steps=0, schedule="constant", grad_clip=0.05, eps=1e-3,
                           weight_decay=0.5)
-    opt = T.make_optimizer(tc)
+    opt = T_optim.make_optimizer(tc, cfg)
     state = T.init_state(jax.random.key(0), cfg, opt)
     toks = jax.random.randint(jax.random.key(1), (2, 9), 0, cfg.vocab_size)
     grads = jax.jit(jax.grad(lambda p: A.loss_fn(p, {"tokens": toks}, cfg)[0]))(state.params)
@@ -69,7 +71,7 @@ def test_train_step_matches_a_hand_written_optax_update():
     assert norm > 0.05  # clipping is active
     clipped = jax.tree.map(lambda g: g * 0.05 / norm, grads)
     ref = optax.adamw(1e-2, b1=tc.beta1, b2=tc.beta2, eps=tc.eps, weight_decay=tc.weight_decay,
-                      mask=T.weight_decay_mask)
+                      mask=lambda p: T_optim.weight_decay_mask(AX(p)))
     expected = jax.jit(lambda p, g: optax.apply_updates(p, ref.update(g, ref.init(p), p)[0]))(
         state.params, clipped)
     new, metrics = T.make_train_step(cfg, tc, opt)(state, {"tokens": toks})
@@ -137,7 +139,7 @@ def test_tiny_repetitive_corpus_is_learned(tmp_path):
 
 
 def test_plot_is_skipped_with_a_note_without_matplotlib(tmp_path, monkeypatch):
-    from arlm_jax.trainer import plot_losses
+    from arlm_jax.train.run_dir import plot_losses
     (tmp_path / "m.jsonl").write_text('{"split": "train", "step": 1, "loss": 2.0}\n')
     monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # import now fails
     assert "matplotlib is not installed" in plot_losses(tmp_path / "m.jsonl", tmp_path / "l.png")
@@ -155,7 +157,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus, m
             return new, m | {"loss": jnp.where(new.step >= 8, jnp.nan, m["loss"])}
         return wrapped
 
-    monkeypatch.setattr("arlm_jax.trainer.make_train_step", poisoned)
+    monkeypatch.setattr("arlm_jax.train.loop.make_train_step", poisoned)
     run = _run(tmp_path, corpus, ckpt_every=3, log_every=1)
     with pytest.raises(TrainingDiverged, match=r"loss=nan .* at step 8; stopped.*step 6"):
         train(run, out=open("/dev/null", "w"))

@@ -35,8 +35,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from arlm_jax.config import ConfigError, DataConfig
-from arlm_jax.tokenizer import eot_id, tokenizer_identity
+from arlm_jax.config import DataConfig
+from arlm_jax.errors import ConfigError
+from arlm_jax.data.tokenizer import eot_id, tokenizer_identity
 
 FORMAT_VERSION = 1  # bump when corpus rules or the cache layout change: old caches miss
 _STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests",

@@ -24,10 +24,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from arlm_jax import kvcache, layers
-from arlm_jax.sharding import constrain
-from arlm_jax.config import ModelConfig
-from arlm_jax.kvcache import KVCache
+from arlm_jax.models import layers
+from arlm_jax.models.transformer import cache as kvcache
+from arlm_jax.models.transformer.cache import KVCache
+from arlm_jax.models.transformer.config import TransformerConfig as ModelConfig
+from arlm_jax.parallel.rules import constrain
 
 Array = jax.Array
 
@@ -136,7 +137,7 @@ def _block(cfg: ModelConfig, x: Array, p: dict, key: Array | None, positions: Ar
 
 
 # Logical axes of the residual stream [B, T, D], pinned at every block boundary when a mesh is
-# set (sharding.py): rows over the batch axes, the rest replicated.
+# set (parallel/rules.py): rows over the batch axes, the rest replicated.
 _RESIDUAL = ("batch", "length", "act_embed")
 
 _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots}

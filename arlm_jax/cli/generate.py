@@ -25,7 +25,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from arlm_jax.config import ConfigError
+from arlm_jax.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -81,7 +81,7 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 
 
 def _sampler(args: argparse.Namespace):
-    from arlm_jax.sampling import Sampler
+    from arlm_jax.decode.sampling import Sampler
     return Sampler(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                    repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
                    frequency_penalty=args.frequency_penalty).validate()
@@ -115,9 +115,9 @@ def _print_rows(enc, texts: list[str], tokens, lengths, num_samples: int) -> Non
 def cmd_generate(args: argparse.Namespace) -> int:
     import jax
 
-    from arlm_jax.cli import mesh_from_args
-    from arlm_jax.tokenizer import encode, eot_id, load_tokenizer, tokenizer_identity
-    from arlm_jax.trainer import load_run
+    from arlm_jax.cli.main import mesh_from_args
+    from arlm_jax.data.tokenizer import encode, eot_id, load_tokenizer, tokenizer_identity
+    from arlm_jax.train.run_dir import load_run
 
     for name in ("num_samples", "chunk", "max_new_tokens"):
         if getattr(args, name) < 1:
@@ -142,9 +142,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _decode_and_print(args, run, params, meta, enc, texts, ids, stop, key, sampler, mesh) -> int:
-    from arlm_jax.beam import beam_search
-    from arlm_jax.generate import generate, pad_prompts, stream
-    from arlm_jax.tokenizer import eot_id
+    from arlm_jax.decode.beam import beam_search
+    from arlm_jax.decode.generate import generate, stream
+    from arlm_jax.decode.inputs import pad_prompts
+    from arlm_jax.data.tokenizer import eot_id
 
     cfg = run.model
     if args.beams is not None:
@@ -183,8 +184,8 @@ def _decode_and_print(args, run, params, meta, enc, texts, ids, stop, key, sampl
 
 
 def _speculative(args, run, params, enc, meta, texts, toks, lens, key, sampler, stop, mesh) -> int:
-    from arlm_jax.speculative import speculative_generate
-    from arlm_jax.trainer import load_run
+    from arlm_jax.decode.speculative import speculative_generate
+    from arlm_jax.train.run_dir import load_run
 
     draft_params, draft_cfg = None, None
     if args.draft_checkpoint is not None:

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arlm_jax.config import ConfigError
+from arlm_jax.errors import ConfigError
 
 Array = jax.Array
 NEG = float(jnp.finfo(jnp.float32).min)

@@ -25,12 +25,12 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from arlm_jax.config import ConfigError, ModelConfig
-from arlm_jax.sharding import constrain
+from arlm_jax.errors import ConfigError
+from arlm_jax.models.transformer.axes import CACHE_AXES
+from arlm_jax.models.transformer.config import TransformerConfig as ModelConfig
+from arlm_jax.parallel.rules import constrain
 
 Array = jax.Array
-
-CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")  # logical axes of a [B, K, S, E] buffer
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -53,7 +53,7 @@ def init_cache(cfg: ModelConfig, batch: int, capacity: int | None = None) -> KVC
     if not 0 < capacity <= cfg.max_len:
         raise ConfigError(f"cache capacity={capacity} must be in 1..model.max_len={cfg.max_len}")
     shape = (batch, cfg.kv_heads, capacity, cfg.head_dim)
-    # Under a mesh (sharding.py): rows over the batch axes, kv heads over the tensor axis.
+    # Under a mesh (parallel/rules.py): rows over the batch axes, kv heads over the tensor axis.
     zeros = tuple(constrain(jnp.zeros(shape, _DTYPES[cfg.dtype]), CACHE_AXES)
                   for _ in range(cfg.n_layers))
     lengths = constrain(jnp.zeros((batch,), jnp.int32), ("batch",))

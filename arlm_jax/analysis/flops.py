@@ -1,14 +1,15 @@
-"""Parameter counts, FLOPs per token and accelerator peaks, for MFU estimates."""
+"""Parameter counts, FLOPs per token (each family counts its own) and accelerator peaks, for MFU."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arlm_jax.config import ModelConfig
+from arlm_jax.models import family_of
 
 
 def param_count(params: dict) -> int:
@@ -16,22 +17,9 @@ def param_count(params: dict) -> int:
     return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
 
 
-def matmul_params(cfg: ModelConfig) -> int:
-    """Weights that take part in matmuls: attention, MLP and the output projection (not lookups)."""
-    D, F, L, V = cfg.d_model, cfg.ff_dim, cfg.n_layers, cfg.vocab_size
-    attn = D * cfg.head_dim * (cfg.n_heads * 2 + cfg.kv_heads * 2)
-    mlp = D * F * (3 if cfg.mlp == "swiglu" else 2)
-    return L * (attn + mlp) + D * V
-
-
-def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
-    """Training FLOPs per token: 6·N + 12·L·D·T (PaLM appendix B / nanoGPT convention).
-
-    N = ``matmul_params(cfg)``; the 12·L·D·T term is attention's QK^T and AV, forward and
-    backward, at sequence length T (causal masking is not discounted). Forward-only is a third.
-    """
-    T = seq_len or cfg.max_len
-    return 6.0 * matmul_params(cfg) + 12.0 * cfg.n_layers * cfg.d_model * T
+def flops_per_token(cfg: Any, seq_len: int | None = None) -> float:
+    """Training FLOPs per token of any family's model at a sequence length (its own count)."""
+    return family_of(cfg).flops_per_token(cfg, seq_len)
 
 
 # Dense peak FLOP/s per device from vendor data sheets (no sparsity).

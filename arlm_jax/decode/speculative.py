@@ -11,7 +11,8 @@ One iteration of the compiled ``lax.while_loop``, per row (rows accept different
   3. accept d_i while u_i < p_i(d_i) / q_i(d_i) (greedy rows: while d_i is p_i's argmax);
   4. after n accepted drafts emit one more token: from norm(max(0, p_{n+1} - q_{n+1})) after a
      rejection, from p_{k+1} (the bonus) when all k were accepted; greedy rows take the argmax;
-  5. roll both caches back by setting each row's length past its accepted tokens (no copies).
+  5. roll both states back to each row's accepted tokens (``Family.rollback``; for a KV cache
+     that is lowering its lengths, no copies).
 
 p and q are the sampler's processed distributions (temperature, top-k, top-p, min-p act on
 both alike), so the output follows the same distribution as ``generate`` with that sampler.
@@ -26,12 +27,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from arlm_jax.config import ConfigError, ModelConfig
-from arlm_jax.generate import (Generation, Stop, _check_inputs, fill_cache, normalize_stop,
-                               push_stop_window)
-from arlm_jax.kvcache import KVCache
-from arlm_jax.model import forward, unstack_blocks
-from arlm_jax.sampling import Sampler, argmax, categorical_from_weights, process
+from arlm_jax.decode.generate import Generation, push_stop_window
+from arlm_jax.decode.inputs import Stop, check_inputs, normalize_stop
+from arlm_jax.decode.sampling import Sampler, argmax, categorical_from_weights, process
+from arlm_jax.errors import ConfigError
+from arlm_jax.models import family_of
 
 Array = jax.Array
 
@@ -56,14 +56,15 @@ class SpecResult:
 
 @flax.struct.dataclass
 class _State:
-    target: KVCache
-    draft: KVCache | None
+    target: Any  # the target family's decoding state
+    draft: Any  # the draft's, or None (prompt lookup)
     token: Array  # int32 [B] pending: emitted, not yet read by the models
     done: Array  # bool [B] stopped by a stop sequence
     n_out: Array  # int32 [B] tokens emitted
     ctx: Array  # int32 [B, C] prompt then emitted tokens (prompt lookup reads it)
     logp: Array  # float32 [B, C] target log-prob of each emitted token, aligned with ctx
     ctx_len: Array  # int32 [B]
+    held: Array  # int32 [B] tokens the model states hold (all emitted but the pending one)
     window: Array  # int32 [B, M] last M emitted tokens, for stop sequences
     key: Array
     calls: Array  # int32 [B]
@@ -132,7 +133,7 @@ def _lookup(ctx: Array, ctx_len: Array, k: int, n: int) -> Array:
     return jnp.where(best[:, None] >= 0, ctx[rows, follow], last[:, None]).astype(jnp.int32)
 
 
-def _iteration(tp: dict, tcfg: ModelConfig, dp: dict | None, dcfg: ModelConfig | None, st: _State,
+def _iteration(tp: dict, tcfg: Any, dp: dict | None, dcfg: Any | None, st: _State,
                sampler: Sampler | None, k: int, ngram: int, n_max: int, stop: Stop) -> _State:
     b = st.token.shape[0]
     rows = jnp.arange(b)
@@ -143,7 +144,7 @@ def _iteration(tp: dict, tcfg: ModelConfig, dp: dict | None, dcfg: ModelConfig |
     if dp is not None:
         cache, inp, ds, qs = st.draft, st.token, [], []
         for i in range(k + 1):
-            logits, cache = forward(dp, inp[:, None], dcfg, cache)
+            logits, cache = family_of(dcfg).forward(dp, inp[:, None], dcfg, cache)
             if i == k:  # d_k is read only to keep the draft cache level with the target's
                 break
             q, q_logits, q_greedy = _dist(logits[:, 0], sampler)
@@ -157,7 +158,7 @@ def _iteration(tp: dict, tcfg: ModelConfig, dp: dict | None, dcfg: ModelConfig |
         q = None if sampler is None else jax.nn.one_hot(d, tcfg.vocab_size, dtype=jnp.float32)
 
     # 2. the target reads the pending token and the k drafts in one pass
-    t_logits, t_cache = forward(tp, jnp.concatenate([st.token[:, None], d], 1), tcfg, st.target)
+    t_logits, t_cache = family_of(tcfg).forward(tp, jnp.concatenate([st.token[:, None], d], 1), tcfg, st.target)
     p, p_logits, greedy = _dist(t_logits, sampler)  # [B, k+1, V], [B, k+1, V], [B, k+1]
 
     # 3. accept a prefix of the drafts
@@ -182,11 +183,11 @@ def _iteration(tp: dict, tcfg: ModelConfig, dp: dict | None, dcfg: ModelConfig |
     new = _emit(st, cand, jnp.where(live, n_acc + 1, 0), cand_lp, stop, n_max)
 
     # 5. roll back: each cache keeps the pending token and the accepted drafts
-    keep = jnp.where(live, st.target.lengths + 1 + n_acc, st.target.lengths)
-    t_cache = t_cache.replace(lengths=keep)
+    keep = jnp.where(live, st.held + 1 + n_acc, st.held)
+    t_cache = family_of(tcfg).rollback(t_cache, keep)
     if cache is not None:
-        cache = cache.replace(lengths=keep)
-    return new.replace(target=t_cache, draft=cache, token=jnp.where(live, x, st.token), key=key,
+        cache = family_of(dcfg).rollback(cache, keep)
+    return new.replace(target=t_cache, draft=cache, token=jnp.where(live, x, st.token), key=key, held=keep,
                        calls=st.calls + live, accepted=st.accepted + jnp.where(live, n_acc, 0))
 
 
@@ -196,12 +197,14 @@ def _speculative(tp, tcfg, dp, dcfg, prompts, lengths, key, sampler, k, ngram, m
     b, t = prompts.shape
     n = max_new_tokens
     capacity = t + n + k
-    tp = unstack_blocks(tp)
-    t_cache, logits = fill_cache(tp, tcfg, prompts, lengths, capacity)
+    tfam = family_of(tcfg)
+    tp = tfam.decode_params(tp, tcfg)
+    t_cache, logits = tfam.prefill(tp, tcfg, prompts, lengths, capacity)
     d_cache = None
     if dp is not None:
-        dp = unstack_blocks(dp)
-        d_cache, _ = fill_cache(dp, dcfg, prompts, lengths, capacity)
+        dfam = family_of(dcfg)
+        dp = dfam.decode_params(dp, dcfg)
+        d_cache, _ = dfam.prefill(dp, dcfg, prompts, lengths, capacity)
     key, k0 = jax.random.split(key)
     p, p_logits, greedy = _dist(logits, sampler)
     first = _draw(k0, p, greedy, p_logits)
@@ -209,7 +212,7 @@ def _speculative(tp, tcfg, dp, dcfg, prompts, lengths, key, sampler, k, ngram, m
     m = max((len(s) for s in stop), default=0)
     st = _State(target=t_cache, draft=d_cache, token=first, done=jnp.zeros((b,), bool),
                 n_out=jnp.zeros((b,), jnp.int32), ctx=jnp.full((b, c), pad_id, jnp.int32).at[:, :t].set(prompts),
-                logp=jnp.zeros((b, c), jnp.float32), ctx_len=lengths, window=jnp.full((b, m), -1, jnp.int32),
+                logp=jnp.zeros((b, c), jnp.float32), ctx_len=lengths, held=lengths, window=jnp.full((b, m), -1, jnp.int32),
                 key=key, calls=jnp.zeros((b,), jnp.int32), accepted=jnp.zeros((b,), jnp.int32))
     first_lp = jnp.take_along_axis(jax.nn.log_softmax(logits), first[:, None], -1)
     st = _emit(st, first[:, None], jnp.ones((b,), jnp.int32), first_lp, stop, n)
@@ -226,8 +229,8 @@ def _speculative(tp, tcfg, dp, dcfg, prompts, lengths, key, sampler, k, ngram, m
     return SpecResult(out=out, target_calls=st.calls, accepted=st.accepted, k=k)
 
 
-def speculative_generate(target_params: dict, target_cfg: ModelConfig, draft_params: dict | None,
-                         draft_cfg: ModelConfig | None, prompts: Any, key: Array, *, k: int = 4,
+def speculative_generate(target_params: dict, target_cfg: Any, draft_params: dict | None,
+                         draft_cfg: Any | None, prompts: Any, key: Array, *, k: int = 4,
                          max_new_tokens: int, sampler: Sampler | None = None, stop: Any = None,
                          lengths: Any = None, prompt_lookup: int | None = None, pad_id: int = 0
                          ) -> SpecResult:
@@ -248,10 +251,14 @@ def speculative_generate(target_params: dict, target_cfg: ModelConfig, draft_par
     if sampler is not None and sampler.uses_history:
         raise ConfigError("speculative: repetition/presence/frequency penalties are not supported; "
                           "use temperature, top_k, top_p, min_p")
-    prompts, lengths = _check_inputs(target_cfg, prompts, lengths, max_new_tokens, sampler)
-    room = min(target_cfg.max_len, draft_cfg.max_len if draft_params is not None else target_cfg.max_len)
+    family_of(target_cfg).require("rollback", "speculative decoding (the target)")
+    if draft_params is not None:
+        family_of(draft_cfg).require("rollback", "speculative decoding (the draft)")
+    prompts, lengths = check_inputs(target_cfg, prompts, lengths, max_new_tokens, sampler)
+    models = [target_cfg] + ([draft_cfg] if draft_params is not None else [])
+    room = min([n for n in (family_of(c).context_len(c) for c in models) if n is not None], default=None)
     need = prompts.shape[1] + max_new_tokens + k
-    if need > room:
+    if room is not None and need > room:
         raise ConfigError(f"k={k}: the padded prompt ({prompts.shape[1]}) + max_new_tokens ({max_new_tokens}) "
                           f"+ k needs {need} cache slots, more than max_len={room}; allowed k <= "
                           f"{room - prompts.shape[1] - max_new_tokens}")

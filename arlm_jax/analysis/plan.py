@@ -16,7 +16,6 @@ they are an estimate (docs/scale-out.md says how far they were off where it was 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -25,12 +24,13 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 
 from arlm_jax.config import RunConfig
-from arlm_jax.generate import decode_step, prefill
-from arlm_jax.kvcache import CACHE_AXES
-from arlm_jax.model import init, unstack_blocks
-from arlm_jax.sharding import (ShardingError, abstract_with_shardings, batch_sharding, fit_spec,
-                               make_mesh, param_shardings)
-from arlm_jax.train import _in_mesh, init_state, make_optimizer, make_train_step
+from arlm_jax.decode.generate import decode_step, prefill
+from arlm_jax.models import family_of
+from arlm_jax.parallel.mesh import ShardingError, make_mesh
+from arlm_jax.parallel.rules import fit_spec, in_mesh
+from arlm_jax.parallel.shardings import abstract_with_shardings, batch_sharding, param_shardings
+from arlm_jax.train.optim import make_optimizer
+from arlm_jax.train.step import init_state, make_train_step
 
 GiB, MiB = 2 ** 30, 2 ** 20
 # Memory per chip, all in binary units: TPU v5e 16 GiB and v5p 95 GiB of HBM; H100 SXM and H200
@@ -76,9 +76,10 @@ def _memory(compiled: Any) -> dict:
 def _train_program(run: RunConfig, mesh, n_layers: int | None = None):
     cfg, tc = run.model, run.train
     if n_layers is not None:
-        cfg = dataclasses.replace(cfg, n_layers=n_layers, scan_unroll=n_layers)
-    opt = make_optimizer(tc)
-    state = abstract_with_shardings(jax.eval_shape(lambda: init_state(jax.random.key(0), cfg, opt)), mesh)
+        cfg = family_of(cfg).unrolled(cfg, n_layers)
+    opt = make_optimizer(tc, cfg)
+    state = jax.eval_shape(lambda: init_state(jax.random.key(0), cfg, opt))
+    state = abstract_with_shardings(state, family_of(cfg).param_axes(state.params), mesh)
     batch = {"tokens": jax.ShapeDtypeStruct((tc.batch_size, run.seq_len + 1), jnp.int32,
                                             sharding=batch_sharding(mesh))}
     compiled = make_train_step(cfg, tc, opt, mesh=mesh).lower(state, batch).compile()
@@ -87,20 +88,23 @@ def _train_program(run: RunConfig, mesh, n_layers: int | None = None):
 
 def _decode_program(run: RunConfig, mesh, batch: int, length: int):
     cfg = run.model
-    params = jax.eval_shape(lambda: unstack_blocks(init(jax.random.key(0), cfg)))
+    fam = family_of(cfg)
+    params = jax.eval_shape(lambda: fam.decode_params(fam.init(jax.random.key(0), cfg), cfg))
     params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), params,
-                          param_shardings(params, mesh))
+                          param_shardings(params, fam.param_axes(params), mesh))
     prompts = jax.ShapeDtypeStruct((batch, 1), jnp.int32)
     state = jax.eval_shape(lambda p, t: prefill(p, cfg, t, jnp.ones((batch,), jnp.int32),
                                                 jax.random.key(0), length, None, (), 0)[0],
                            params, prompts)
 
-    def place(path: tuple, a: Any) -> jax.ShapeDtypeStruct:
-        in_cache = any(getattr(p, "name", None) == "cache" for p in path)
-        names = CACHE_AXES if in_cache and a.ndim == 4 else ("batch",) + (None,) * (a.ndim - 1) if a.ndim else ()
+    def place(a: Any, names: tuple) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, fit_spec(a.shape, names, mesh)))
-    state = jax.tree_util.tree_map_with_path(place, state)
-    step = jax.jit(_in_mesh(lambda p, s: decode_step(p, cfg, s)[0:2], mesh), donate_argnums=1)
+
+    def rows(a: Any) -> tuple:  # the decode loop's own fields: rows over the batch axes
+        return ("batch",) + (None,) * (a.ndim - 1) if a.ndim else ()
+    model_state = jax.tree.map(place, state.model, fam.state_axes(state.model))  # the family's layout
+    state = jax.tree.map(lambda a: place(a, rows(a)), state.replace(model=None)).replace(model=model_state)
+    step = jax.jit(in_mesh(lambda p, s: decode_step(p, cfg, s)[0:2], mesh), donate_argnums=1)
     return step.lower(params, state).compile(), params, state
 
 
@@ -115,28 +119,32 @@ def plan(run: RunConfig, devices: list[jax.Device], *, decode_batch: int = 1,
     """
     run.validate()
     mc, cfg = run.mesh, run.model
+    fam = family_of(cfg)
     mesh = make_mesh(mc.data, mc.fsdp, mc.tensor, devices)
-    decode_len = decode_len or cfg.max_len
-    if not 0 < decode_len <= cfg.max_len:
-        raise ShardingError(f"plan: decode_len={decode_len} must be in 1..model.max_len={cfg.max_len}")
+    ctx = fam.context_len(cfg)
+    decode_len = decode_len or ctx or run.seq_len
+    if not 0 < decode_len <= (ctx or decode_len):
+        raise ShardingError(f"plan: decode_len={decode_len} must be in 1..model.max_len={ctx}")
     if decode_batch < 1:
         raise ShardingError(f"plan: decode_batch={decode_batch} must be >= 1")
 
     compiled, state, batch = _train_program(run, mesh)
-    per_layer = [_flops(_train_program(run, mesh, n_layers=n)[0]) for n in (1, 2)]
-    train_flops = per_layer[0] + (cfg.n_layers - 1) * (per_layer[1] - per_layer[0])
+    train_flops = _flops(compiled)
+    if fam.unrolled is not None:  # XLA counts a scanned layer once: count one and two, unrolled
+        per_layer = [_flops(_train_program(run, mesh, n_layers=n)[0]) for n in (1, 2)]
+        train_flops = per_layer[0] + (fam.depth(cfg) - 1) * (per_layer[1] - per_layer[0])
     train = {"params": _bytes(state.params), "opt_state": _bytes(state.opt_state),
              "batch": _bytes(batch), **_memory(compiled), "flops": train_flops}
 
-    # the decode step unrolls its layers (model.py), so XLA's count is already whole
+    # a decode step reads the decode layout (the Transformer's is unrolled): XLA's count is whole
     dec_compiled, dparams, dstate = _decode_program(run, mesh, decode_batch, decode_len)
-    decode = {"params": _bytes(dparams), "kv_cache": _bytes(dstate.cache), **_memory(dec_compiled),
+    decode = {"params": _bytes(dparams), "kv_cache": _bytes(dstate.model), **_memory(dec_compiled),
               "flops": _flops(dec_compiled)}
 
     fits = {name: {"train": train["peak"] <= cap, "decode": decode["peak"] <= cap}
             for name, cap in ACCELERATORS.items()}
     return {"preset": run.preset, "mesh": dict(mesh.shape), "devices": mesh.devices.size,
-            "dtype": cfg.dtype, "remat": cfg.remat, "batch_size": run.train.batch_size,
+            "dtype": cfg.dtype, "remat": getattr(cfg, "remat", "none"), "batch_size": run.train.batch_size,
             "seq_len": run.seq_len, "decode_batch": decode_batch, "decode_len": decode_len,
             "train": train, "decode": decode, "fits": fits}
 

@@ -28,9 +28,11 @@ import tomllib
 import typing
 from pathlib import Path
 
-from arlm_jax import cli_generate
-from arlm_jax.config import (MODEL_PRESETS, ConfigError, DataConfig, MeshConfig, ModelConfig,
+from arlm_jax.cli import generate as cli_generate
+from arlm_jax.config import (ConfigError, DataConfig, MeshConfig,
                              RunConfig, TrainConfig, from_dict, model_preset, to_dict)
+
+from arlm_jax.models.transformer.config import PRESETS as MODEL_PRESETS, TransformerConfig as ModelConfig
 
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "mesh": MeshConfig}
 
@@ -105,7 +107,7 @@ def mesh_from_args(args: argparse.Namespace):
     given = {name.split(".", 1)[1]: v for name, v in vars(args).items() if name.startswith("mesh.") and v is not None}
     if not given:
         return None
-    from arlm_jax.sharding import mesh_of
+    from arlm_jax.parallel.mesh import mesh_of
     return mesh_of(MeshConfig(**given).validate())
 
 
@@ -143,9 +145,9 @@ def build_run(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
 
 # ---- subcommands -------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from arlm_jax import distributed
-    from arlm_jax.tokenizer import load_tokenizer
-    from arlm_jax.trainer import train
+    from arlm_jax.parallel import distributed
+    from arlm_jax.data.tokenizer import load_tokenizer
+    from arlm_jax.train.loop import train
     run, explicit = build_run(args)
     multi = distributed.initialize(args.coordinator, args.num_processes, args.process_id,
                                    auto=args.distributed, timeout=args.distributed_timeout)
@@ -172,11 +174,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from arlm_jax import data as data_lib
-    from arlm_jax.sharding import check_batch
-    from arlm_jax.tokenizer import load_tokenizer, tokenizer_identity
-    from arlm_jax.train import make_eval_step
-    from arlm_jax.trainer import evaluate, load_run
+    from arlm_jax.data import tokens as data_lib
+    from arlm_jax.parallel.shardings import check_batch
+    from arlm_jax.data.tokenizer import load_tokenizer, tokenizer_identity
+    from arlm_jax.train.step import make_eval_step
+    from arlm_jax.train.evaluate import evaluate
+    from arlm_jax.train.run_dir import load_run
     if args.batches < 1:
         raise ConfigError(f"--batches={args.batches} must be > 0")
     mesh = mesh_from_args(args)
@@ -205,8 +208,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    from arlm_jax.data import iter_documents
-    from arlm_jax.tokenizer import save_tiktoken, train_bpe
+    from arlm_jax.data.tokens import iter_documents
+    from arlm_jax.data.tokenizer import save_tiktoken, train_bpe
     out = Path(args.out or f"bpe{args.vocab_size}.tiktoken")
     if not out.parent.is_dir():
         raise ConfigError(f"--out={str(out)!r}: folder {str(out.parent)!r} does not exist")
@@ -222,11 +225,11 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     import jax
-    from arlm_jax.flops import flops_per_token, param_count
-    from arlm_jax.model import init
+    from arlm_jax.analysis.flops import flops_per_token, param_count
+    from arlm_jax.models import family_of
     run, _ = build_run(args)
     cfg = run.model
-    n = param_count(jax.eval_shape(lambda k: init(k, cfg), jax.random.key(0)))
+    n = param_count(jax.eval_shape(lambda k: family_of(cfg).init(k, cfg), jax.random.key(0)))
     fpt = flops_per_token(cfg, run.seq_len)
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.process_count()} process(es)")
     for d in jax.devices():
@@ -244,7 +247,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     n = args.devices or (0 if -1 in sizes else sizes[0] * sizes[1] * sizes[2])
     if n < 1:
         raise ConfigError("plan: give --devices N (how many chips to plan for) when a mesh size is -1")
-    from arlm_jax import plan as plan_lib  # imports jax; the device count is set first
+    from arlm_jax.analysis import plan as plan_lib  # imports jax; the device count is set first
     devices = plan_lib.simulate_devices(n)
     result = plan_lib.plan(run, devices, decode_batch=args.decode_batch, decode_len=args.decode_len)
     print(json.dumps(result, indent=1) if args.json else plan_lib.format_plan(result))
@@ -350,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except RuntimeError as err:  # a diverged run: one line, not a traceback
-        from arlm_jax.trainer import TrainingDiverged
+        from arlm_jax.train.loop import TrainingDiverged
         if not isinstance(err, TrainingDiverged):
             raise
         print(f"arlm: error: {err}", file=sys.stderr)

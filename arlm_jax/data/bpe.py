@@ -21,7 +21,7 @@ from typing import Iterable
 
 import regex
 
-from arlm_jax.config import ConfigError
+from arlm_jax.errors import ConfigError
 
 # GPT-2's pre-tokeniser as tiktoken writes it (possessive form, same splits as the original).
 GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""

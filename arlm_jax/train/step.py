@@ -1,12 +1,12 @@
-"""The optimizer and one pure, jit-compiled train step (and its eval twin).
+"""One pure, jit-compiled train step (and its eval twin), for a model of any family.
 
-The training loop with data, logging and checkpoints lives in ``trainer.py``; this file is
-what other JAX code reuses: ``make_optimizer``, ``init_state``, ``make_train_step``.
+The optimizer is in optim.py and the loop with data, logging and checkpoints in loop.py; this
+file is what other JAX code reuses: ``init_state``, ``make_train_step``, ``make_eval_step``.
 """
 
 from __future__ import annotations
 
-from functools import partial
+from typing import Any
 
 import flax.struct
 import jax
@@ -14,11 +14,12 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from arlm_jax.config import ModelConfig, TrainConfig
+from arlm_jax.config import TrainConfig
 from arlm_jax.loss import loss_fn
-from arlm_jax.model import init
-from arlm_jax.sharding import (batch_sharding, check_batch, constrain, param_shardings,
-                               state_shardings)
+from arlm_jax.models import family_of
+from arlm_jax.parallel.rules import constrain, in_mesh
+from arlm_jax.parallel.shardings import batch_sharding, check_batch, param_shardings, state_shardings
+from arlm_jax.train.optim import lr_schedule
 
 Array = jax.Array
 
@@ -32,52 +33,13 @@ class TrainState:
     opt_state: optax.OptState
 
 
-def lr_schedule(tc: TrainConfig) -> optax.Schedule:
-    """Linear warmup, then cosine decay to lr*min_lr_ratio, constant, or warmup-stable-decay."""
-    warm = min(tc.warmup_steps, tc.steps)
-    low = tc.lr * tc.min_lr_ratio
-    warmup = optax.linear_schedule(tc.lr / max(warm, 1), tc.lr, max(warm, 1))
-    rest = max(tc.steps - warm, 1)
-    if tc.schedule == "constant":
-        main = optax.constant_schedule(tc.lr)
-    elif tc.schedule == "cosine":
-        main = optax.cosine_decay_schedule(tc.lr, rest, alpha=tc.min_lr_ratio)
-    else:  # wsd: hold the peak, then decay linearly over the last decay_fraction of all steps
-        decay = max(int(round(tc.decay_fraction * tc.steps)), 1)
-        stable = max(rest - decay, 0)
-        main = optax.join_schedules(
-            [optax.constant_schedule(tc.lr), optax.linear_schedule(tc.lr, low, decay)], [stable])
-    if warm == 0:
-        return main
-    return optax.join_schedules([warmup, main], [warm])
-
-
-def weight_decay_mask(params: dict, decay_all: bool = False) -> dict:
-    """True for the matmul weights (names starting with ``w``); norms, biases, embeddings and the
-    relative-position table are not decayed unless ``decay_all``."""
-    def decide(path: tuple, _leaf: Array) -> bool:
-        name = getattr(path[-1], "key", str(path[-1]))
-        return decay_all or name.startswith("w")
-    return jax.tree_util.tree_map_with_path(decide, params)
-
-
-def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
-    """AdamW on the schedule, after global-norm clipping (``grad_clip`` 0 disables clipping)."""
-    adamw = optax.adamw(lr_schedule(tc), b1=tc.beta1, b2=tc.beta2, eps=tc.eps,
-                        weight_decay=tc.weight_decay,
-                        mask=partial(weight_decay_mask, decay_all=tc.decay_norms_biases_embeddings))
-    if tc.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(tc.grad_clip), adamw)
-    return adamw
-
-
-def init_state(key: Array, cfg: ModelConfig, optimizer: optax.GradientTransformation) -> TrainState:
-    """Fresh parameters and optimizer state at step 0."""
-    params = init(key, cfg)
+def init_state(key: Array, cfg: Any, optimizer: optax.GradientTransformation) -> TrainState:
+    """Fresh parameters (the family's ``init``) and optimizer state at step 0."""
+    params = family_of(cfg).init(key, cfg)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
 
-def _grads(params: dict, batch: dict, cfg: ModelConfig, tc: TrainConfig, key: Array
+def _grads(params: dict, batch: dict, cfg: Any, tc: TrainConfig, key: Array
            ) -> tuple[dict, dict]:
     """Gradient of the token-mean loss over the whole batch, accumulated over micro-batches.
 
@@ -122,7 +84,7 @@ def _grads(params: dict, batch: dict, cfg: ModelConfig, tc: TrainConfig, key: Ar
     return grads, m
 
 
-def make_train_step(cfg: ModelConfig, tc: TrainConfig, optimizer: optax.GradientTransformation,
+def make_train_step(cfg: Any, tc: TrainConfig, optimizer: optax.GradientTransformation,
                     *, mesh: Mesh | None = None, **jit_kwargs):
     """A jitted ``step(state, batch) -> (state, metrics)`` with the state donated.
 
@@ -130,11 +92,11 @@ def make_train_step(cfg: ModelConfig, tc: TrainConfig, optimizer: optax.Gradient
     ``fold_in(key(seed), step)``, so a resumed run draws exactly the masks it would have.
     Metrics: loss (mean NLL of the batch), accuracy, grad_norm, lr, tokens.
 
-    With a ``mesh`` (``sharding.make_mesh``) the step is compiled for it: parameters and
-    optimizer state laid out by the rule table (``sharding.state_shardings``; FSDP over
+    With a ``mesh`` (``parallel.mesh.make_mesh``) the step is compiled for it: parameters and
+    optimizer state laid out by the rule table (``parallel.shardings.state_shardings``; FSDP over
     ``fsdp``, tensor parallelism over ``tensor``), the batch rows over ``data`` x ``fsdp``,
     activations pinned at block boundaries, metrics replicated. Inputs already laid out that
-    way (``init_sharded_state``, ``sharding.global_batch``) are used in place.
+    way (``init_sharded_state``, ``parallel.hosts.global_batch``) are used in place.
     """
     schedule = lr_schedule(tc)
     base_key = jax.random.key(tc.seed + 1)
@@ -153,30 +115,23 @@ def make_train_step(cfg: ModelConfig, tc: TrainConfig, optimizer: optax.Gradient
     if mesh is None:
         return jax.jit(step, donate_argnums=0, **jit_kwargs)
     check_batch(tc.batch_size, mesh, tc.grad_accum)
-    state_sh = state_shardings(jax.eval_shape(lambda: init_state(jax.random.key(0), cfg, optimizer)), mesh)
-    return jax.jit(_in_mesh(step, mesh), donate_argnums=0, in_shardings=(state_sh, batch_sharding(mesh)),
+    abstract = jax.eval_shape(lambda: init_state(jax.random.key(0), cfg, optimizer))
+    state_sh = state_shardings(abstract, family_of(cfg).param_axes(abstract.params), mesh)
+    return jax.jit(in_mesh(step, mesh), donate_argnums=0, in_shardings=(state_sh, batch_sharding(mesh)),
                    out_shardings=(state_sh, NamedSharding(mesh, P())), **jit_kwargs)
 
 
-def _in_mesh(fn, mesh: Mesh):
-    """``fn`` traced with ``mesh`` as the abstract mesh, so ``sharding.constrain`` takes effect
-    inside jit without the caller setting a mesh."""
-    def wrapped(*args):
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-            return fn(*args)
-    return wrapped
-
-
-def init_sharded_state(key: Array, cfg: ModelConfig, optimizer: optax.GradientTransformation,
+def init_sharded_state(key: Array, cfg: Any, optimizer: optax.GradientTransformation,
                        mesh: Mesh) -> TrainState:
     """``init_state`` computed directly in its sharded layout: no device ever holds the whole
     model (what a model too big for one device needs). Same values as ``init_state``."""
     make = lambda k: init_state(k, cfg, optimizer)  # noqa: E731
-    shardings = state_shardings(jax.eval_shape(make, key), mesh)
+    abstract = jax.eval_shape(make, key)
+    shardings = state_shardings(abstract, family_of(cfg).param_axes(abstract.params), mesh)
     return jax.jit(make, out_shardings=shardings)(key)
 
 
-def make_eval_step(cfg: ModelConfig, *, mesh: Mesh | None = None, **jit_kwargs):
+def make_eval_step(cfg: Any, *, mesh: Mesh | None = None, **jit_kwargs):
     """A jitted ``eval_step(params, batch) -> {nll_sum, correct, tokens}`` (sums, to combine).
 
     With a ``mesh``: params as laid out by the train step, batch rows over the batch axes.
@@ -186,6 +141,8 @@ def make_eval_step(cfg: ModelConfig, *, mesh: Mesh | None = None, **jit_kwargs):
         return {k: m[k] for k in ("nll_sum", "correct", "tokens")}
     if mesh is None:
         return jax.jit(eval_step, **jit_kwargs)
-    params_sh = param_shardings(jax.eval_shape(lambda: init(jax.random.key(0), cfg)), mesh)
-    return jax.jit(_in_mesh(eval_step, mesh), in_shardings=(params_sh, batch_sharding(mesh)),
+    fam = family_of(cfg)
+    abstract = jax.eval_shape(lambda: fam.init(jax.random.key(0), cfg))
+    params_sh = param_shardings(abstract, fam.param_axes(abstract), mesh)
+    return jax.jit(in_mesh(eval_step, mesh), in_shardings=(params_sh, batch_sharding(mesh)),
                    out_shardings=NamedSharding(mesh, P()), **jit_kwargs)

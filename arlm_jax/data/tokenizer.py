@@ -27,8 +27,8 @@ from typing import Iterable
 
 import tiktoken
 
-from arlm_jax.bpe import GPT2_PAT, train_ranks
-from arlm_jax.config import ConfigError
+from arlm_jax.data.bpe import GPT2_PAT, train_ranks
+from arlm_jax.errors import ConfigError
 
 EOT = "<|endoftext|>"
 NAMED = ("gpt2", "cl100k_base", "o200k_base")

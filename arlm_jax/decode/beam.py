@@ -1,9 +1,9 @@
-"""Beam search with static shapes: B prompts x W beams decoded as B*W cache rows in one scan.
+"""Beam search with static shapes: B prompts x W beams decoded as B*W state rows in one scan.
 
 Each step scores every continuation of the W alive beams ([B, W*V]), keeps the top 2W: those
 ending in a stop token move to a pool of finished hypotheses (score = sum of log-probs /
 length ** length_penalty, the Hugging Face rule, length counting new tokens only), the best W
-others stay alive, and the cache rows are reordered to follow their parents. After the last
+others stay alive, and the rows of the decoding state are reordered (``Family.reorder``) to follow their parents. After the last
 step the alive beams join the pool too, and the ``n_best`` best hypotheses are returned.
 With W >= V ** (N - 1) no prefix is ever dropped, so the result is the exhaustive optimum; width
 1 without stop tokens is greedy decoding.
@@ -18,10 +18,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from arlm_jax.config import ConfigError, ModelConfig
-from arlm_jax.generate import _check_inputs, fill_cache, normalize_stop
-from arlm_jax.kvcache import select_rows
-from arlm_jax.model import forward, unstack_blocks
+from arlm_jax.decode.inputs import check_inputs, normalize_stop
+from arlm_jax.errors import ConfigError
+from arlm_jax.models import family_of
 
 Array = jax.Array
 DEAD = -1e9  # score of an empty beam slot: far below any reachable sum of log-probs
@@ -80,16 +79,17 @@ def _step(alive: _Beams, pool: _Beams, lp: Array, step: Array, stop_ids: Array, 
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "beams", "max_new_tokens", "n_best", "stop", "pad_id"))
-def _beam_search(params: dict, cfg: ModelConfig, prompts: Array, lengths: Array, length_penalty: Any,
+def _beam_search(params: dict, cfg: Any, prompts: Array, lengths: Array, length_penalty: Any,
                  beams: int, max_new_tokens: int, n_best: int, stop: tuple[int, ...], pad_id: int
                  ) -> BeamResult:
     b, t = prompts.shape
     w, n = beams, max_new_tokens
     stop_ids = jnp.asarray(stop if stop else (-1,), jnp.int32)
-    params = unstack_blocks(params)
-    cache, logits = fill_cache(params, cfg, prompts, lengths, t + n - 1)
+    fam = family_of(cfg)
+    params = fam.decode_params(params, cfg)
+    cache, logits = fam.prefill(params, cfg, prompts, lengths, t + n - 1)
     lp = jax.nn.log_softmax(logits)  # [B, V]
-    cache = select_rows(cache, jnp.repeat(jnp.arange(b), w))  # row b*W + j is beam j of prompt b
+    cache = fam.reorder(cache, jnp.repeat(jnp.arange(b), w))  # row b*W + j is beam j of prompt b
 
     empty = _Beams(seqs=jnp.full((b, w, n), pad_id, jnp.int32), logp=jnp.full((b, w), DEAD),
                    score=jnp.full((b, w), DEAD), length=jnp.zeros((b, w), jnp.int32))
@@ -100,13 +100,13 @@ def _beam_search(params: dict, cfg: ModelConfig, prompts: Array, lengths: Array,
     def body(carry: tuple, step: Array) -> tuple[tuple, None]:
         alive, pool, cache = carry
         toks = jax.lax.dynamic_index_in_dim(alive.seqs, step - 1, axis=2, keepdims=False)  # [B, W]
-        logits, cache = forward(params, toks.reshape(b * w, 1), cfg, cache)
+        logits, cache = fam.forward(params, toks.reshape(b * w, 1), cfg, cache)
         lp = jax.nn.log_softmax(logits[:, 0]).reshape(b, w, -1)
         alive, pool, parent = _step(alive, pool, lp, step, stop_ids, length_penalty)
-        cache = select_rows(cache, (jnp.arange(b)[:, None] * w + parent).reshape(-1))
+        cache = fam.reorder(cache, (jnp.arange(b)[:, None] * w + parent).reshape(-1))
         return (alive, pool, cache), None
 
-    # The first _step's parents are all beam 0, whose cache rows are identical: no reorder needed.
+    # The first _step's parents are all beam 0, whose state rows are identical: no reorder needed.
     (alive, pool, _), _ = jax.lax.scan(body, (alive, pool, cache), jnp.arange(1, n, dtype=jnp.int32))
     alive = alive.replace(score=_penalised(alive.logp, alive.length, length_penalty))
     merged = jax.tree.map(lambda a, c: jnp.concatenate([a, c], axis=1), pool, alive)
@@ -116,7 +116,7 @@ def _beam_search(params: dict, cfg: ModelConfig, prompts: Array, lengths: Array,
                       finished=jnp.take_along_axis(finished, idx, axis=1) & (best.logp > DEAD / 2))
 
 
-def beam_search(params: dict, cfg: ModelConfig, prompts: Any, *, beams: int, max_new_tokens: int,
+def beam_search(params: dict, cfg: Any, prompts: Any, *, beams: int, max_new_tokens: int,
                 n_best: int = 1, length_penalty: float = 1.0, stop: Any = None, lengths: Any = None,
                 pad_id: int = 0) -> BeamResult:
     """The ``n_best`` highest-scoring continuations of each prompt row.
@@ -130,7 +130,8 @@ def beam_search(params: dict, cfg: ModelConfig, prompts: Any, *, beams: int, max
         raise ConfigError(f"beams={beams!r} must be an integer >= 1")
     if not isinstance(n_best, int) or not 1 <= n_best <= beams:
         raise ConfigError(f"n_best={n_best!r} must be an integer in 1..beams={beams}")
-    prompts, lengths = _check_inputs(cfg, prompts, lengths, max_new_tokens, None)
+    family_of(cfg).require("reorder", "beam search")
+    prompts, lengths = check_inputs(cfg, prompts, lengths, max_new_tokens, None)
     stops = normalize_stop(stop)
     if any(len(s) != 1 for s in stops):
         raise ConfigError("stop: beam search takes single stop tokens (e.g. <|endoftext|>), not sequences")

@@ -19,7 +19,7 @@ import time
 
 import jax
 
-from arlm_jax.config import ConfigError
+from arlm_jax.errors import ConfigError
 
 
 class DistributedError(ConfigError):

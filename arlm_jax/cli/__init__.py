@@ -1,0 +1,1 @@
+"""The ``arlm`` command: one module per subcommand; ``main.py`` parses and dispatches."""

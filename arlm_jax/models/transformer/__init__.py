@@ -1,0 +1,58 @@
+"""The decoder-only Transformer family: config and presets (config.py), init and forward
+(model.py), the KV cache (cache.py), parameter axes (axes.py), FLOPs (flops.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from arlm_jax.models.api import Family, register
+from arlm_jax.models.transformer import axes, cache, flops, model
+from arlm_jax.models.transformer.config import PRESETS, TransformerConfig
+
+Array = jax.Array
+
+
+def prefill(params: dict, cfg: TransformerConfig, prompts: Array, lengths: Array, capacity: int
+            ) -> tuple[cache.KVCache, Array]:
+    """Fill a fresh cache of ``capacity`` slots with right-padded prompts [B, T] (``lengths`` [B]
+    real tokens) -> (cache, logits float32 [B, V] of each row's next token). Only the last real
+    position of each row goes through the output projection."""
+    b = prompts.shape[0]
+    x, kv = model.hidden(params, prompts, cfg, cache.init_cache(cfg, b, capacity))  # [B, T, D]
+    logits = model.head(params, x[jnp.arange(b), lengths - 1], cfg)
+    return kv.replace(lengths=lengths.astype(jnp.int32)), logits
+
+
+def rollback(kv: cache.KVCache, lengths: Array) -> cache.KVCache:
+    """Cut rows back to ``lengths`` [B] tokens: slots past a row's length are never attended."""
+    return kv.replace(lengths=lengths.astype(jnp.int32))
+
+
+def describe(cfg: TransformerConfig) -> str:
+    return (f"transformer: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads / "
+            f"{cfg.kv_heads} kv heads, {cfg.pos} positions, context {cfg.max_len}, vocab {cfg.vocab_size}")
+
+
+FAMILY = register(Family(
+    name="transformer",
+    config=TransformerConfig,
+    presets=PRESETS,
+    default_preset="demo",
+    init=model.init,
+    param_axes=axes.param_axes,
+    forward=model.forward,
+    init_state=cache.init_cache,
+    prefill=prefill,
+    context_len=lambda cfg: cfg.max_len,
+    state_axes=axes.state_axes,
+    flops_per_token=flops.flops_per_token,
+    describe=describe,
+    decode_params=lambda params, cfg: model.unstack_blocks(params),
+    reorder=cache.select_rows,
+    rollback=rollback,
+    unrolled=lambda cfg, n: dataclasses.replace(cfg, n_layers=n, scan_unroll=n),
+    depth=lambda cfg: cfg.n_layers,
+))

@@ -1,0 +1,286 @@
+"""The training loop: open a run, run its steps, finish it. ``train(run)`` is ``arlm train``.
+
+Everything numeric lives in step.py (the jitted step) and optim.py; the run folder's files in
+run_dir.py. This file orders the side effects: data, steps, metrics fetched every
+``log_every`` steps, validation, checkpoints, resume, the final report and sample. A family
+with its own fitting step (``Family.fit``, e.g. n-gram counts) is fitted instead of trained,
+then evaluated, saved and sampled the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import jax
+import jax.numpy as jnp
+import tiktoken
+from jax.sharding import Mesh
+
+from arlm_jax.analysis.flops import flops_per_token, peak_flops
+from arlm_jax.checkpoint import Checkpointer
+from arlm_jax.config import RunConfig, to_dict
+from arlm_jax.data import tokens as data_lib
+from arlm_jax.data.tokenizer import decode, encode, eot_id, load_tokenizer, tokenizer_identity
+from arlm_jax.decode.generate import generate
+from arlm_jax.errors import ConfigError
+from arlm_jax.models import family_of
+from arlm_jax.parallel.hosts import global_batch, process_rows, to_host
+from arlm_jax.parallel.mesh import mesh_of
+from arlm_jax.train.evaluate import evaluate
+from arlm_jax.train.optim import make_optimizer
+from arlm_jax.train.run_dir import (abstract_state, append_jsonl, check_resumable, plot_losses,
+                                    truncate_jsonl)
+from arlm_jax.train.step import (TrainState, init_sharded_state, make_eval_step, make_train_step)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm became NaN or infinite; earlier checkpoints are intact."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    state: TrainState
+    val: dict  # loss (mean NLL), ppl, bpb, accuracy of the final validation
+    sample: str  # the greedy sample ("" when sample_tokens is 0)
+    start_step: int  # 0, or the step a --resume continued from
+
+
+@dataclasses.dataclass
+class OpenRun:
+    """A run ready to step: its config, data, mesh, compiled steps, checkpointer and state."""
+
+    run: RunConfig
+    enc: tiktoken.Encoding
+    data: data_lib.TokenData
+    mesh: Mesh
+    ck: Checkpointer
+    train_step: Callable
+    eval_step: Callable
+    optimizer: Any
+    state: TrainState
+    start: int
+    metrics_path: Path
+    say: Callable[[str], None]
+    lead: bool  # process 0: prints and writes the run folder's files
+    meta: Callable[[int], dict]  # checkpoint meta of a step
+
+    def validate(self, state: TrainState) -> dict:
+        tc = self.run.train
+        return evaluate(self.eval_step, state.params, self.data.val, tc.batch_size, self.run.seq_len,
+                        tc.eval_batches, self.data.bytes_per_token, self.mesh)
+
+    def log(self, rows: list[dict]) -> None:
+        if self.lead:
+            append_jsonl(self.metrics_path, rows)
+
+
+def _load_data(run: RunConfig, enc: tiktoken.Encoding, say) -> data_lib.TokenData:
+    if run.model.vocab_size < enc.n_vocab:
+        raise ConfigError(f"model.vocab_size={run.model.vocab_size} is smaller than the tokenizer's "
+                          f"{enc.n_vocab} ids; set model.vocab_size >= {enc.n_vocab}")
+    t0 = time.perf_counter()
+    data = data_lib.build_token_cache(run.data, enc)
+    data_lib.check_window(len(data.train), run.seq_len, "train")
+    data_lib.check_window(len(data.val), run.seq_len, "validation")
+    say(f"data: {len(data.train):,} train / {len(data.val):,} val tokens "
+        f"({data.n_train_docs} / {data.n_val_docs} documents, {time.perf_counter() - t0:.1f}s)")
+    return data
+
+
+def open_run(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
+             enc: tiktoken.Encoding | None = None) -> OpenRun:
+    """Validate ``run``, load its data, compile its steps, and restore (``resume``) or create
+    its state; config.json is written and metrics.jsonl cut back to the restored step."""
+    run.validate()
+    tc, cfg = run.train, run.model
+    lead = jax.process_index() == 0
+    out = out or sys.stdout
+    say = (lambda msg: print(msg, file=out, flush=True)) if lead else (lambda msg: None)  # noqa: E731
+    mesh = mesh_of(run.mesh)
+    optimizer = make_optimizer(tc, cfg)
+    # built first: they check the mesh against the model's shapes and the batch size
+    train_step = make_train_step(cfg, tc, optimizer, mesh=mesh)
+    eval_step = make_eval_step(cfg, mesh=mesh)
+    enc = enc or load_tokenizer(run.data.tokenizer)
+    tok_id = tokenizer_identity(enc)
+    data = _load_data(run, enc, say)
+
+    run_dir = Path(tc.out_dir)
+    ck = Checkpointer(run_dir, tc.keep_checkpoints)
+    latest = ck.latest_step()
+    if latest is not None and not resume:
+        raise ConfigError(f"train.out_dir={tc.out_dir!r} already holds checkpoints (newest step {latest}); "
+                          f"pass --resume to continue that run or choose another train.out_dir")
+    if latest is not None:
+        saved = ck.read_meta(latest)
+        check_resumable(saved["config"], run, saved["tokenizer"], tok_id, str(ck.directory))
+        state, _ = ck.restore(abstract_state(run, mesh), latest)  # onto this mesh
+        say(f"resumed from step {latest} in {ck.directory}")
+    else:
+        if resume:
+            say(f"--resume: no checkpoint in {ck.directory}; starting at step 0")
+        state = init_sharded_state(jax.random.key(tc.seed), cfg, optimizer, mesh)
+    start = int(state.step)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = run_dir / "metrics.jsonl"
+    if lead:
+        (run_dir / "config.json").write_text(json.dumps(to_dict(run), indent=1) + "\n")
+        if start == 0:
+            metrics_path.unlink(missing_ok=True)
+        else:
+            truncate_jsonl(metrics_path, start)
+
+    def meta(step: int) -> dict:
+        return {"step": step, "data": {"seed": tc.seed, "next_batch": step}, "config": to_dict(run),
+                "tokenizer": tok_id}
+    return OpenRun(run=run, enc=enc, data=data, mesh=mesh, ck=ck, train_step=train_step,
+                   eval_step=eval_step, optimizer=optimizer, state=state, start=start,
+                   metrics_path=metrics_path, say=say, lead=lead, meta=meta)
+
+
+class _Metrics:
+    """Train metrics kept on the device and fetched in one transfer every few steps."""
+
+    def __init__(self, r: OpenRun):
+        self.r, self.pending, self.last_saved = r, [], r.start
+        cfg, seq = r.run.model, r.run.seq_len
+        self.fpt, (self.peak, _) = flops_per_token(cfg, seq), peak_flops(cfg.dtype)
+        self.tokens_per_step = r.run.train.batch_size * seq
+        self.clock = (time.perf_counter(), r.start)  # time and step of the last flush
+        self.bar = _progress(r.run.train.steps, r.start, r.run.train.progress)
+
+    def flush(self) -> None:
+        """Fetch pending metrics: NaN check, progress bar, JSONL."""
+        if not self.pending:
+            return
+        rows = []
+        for s, m in jax.device_get(self.pending):
+            row = {"split": "train", "step": s, **{k: float(v) for k, v in m.items()}}
+            if not (math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])):
+                where = f"step {self.last_saved} in {self.r.ck.directory}" if self.last_saved else "none was saved yet"
+                raise TrainingDiverged(
+                    f"train: loss={row['loss']} grad_norm={row['grad_norm']} at step {s}; stopped. "
+                    f"The last good checkpoint is intact ({where}); lower train.lr or raise "
+                    f"train.warmup_steps")
+            rows.append(row)
+        self.pending.clear()
+        now, last = time.perf_counter(), rows[-1]
+        tps = self.tokens_per_step * (last["step"] - self.clock[1]) / max(now - self.clock[0], 1e-9)
+        self.clock = (now, last["step"])
+        last |= {"tokens_per_s": tps, "mfu": self.fpt * tps / self.peak / self.r.mesh.devices.size}
+        self.r.log(rows)
+        self.bar.update(last["step"] - self.bar.n)
+        self.bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{tps:,.0f}",
+                             mfu=f"{100 * last['mfu']:.1f}%", refresh=False)
+        if self.bar.disable:
+            self.r.say(f"step {last['step']:>6}  loss {last['loss']:.4f}  {tps:,.0f} tok/s")
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
+                file=sys.stderr)
+
+
+def run_steps(r: OpenRun) -> TrainState:
+    """Step from ``r.start`` to ``train.steps``: validation every ``eval_every`` steps and a
+    checkpoint every ``ckpt_every`` (and at the end). Ctrl-C saves the current step first."""
+    tc, seq, state, step = r.run.train, r.run.seq_len, r.state, r.start
+    rows = process_rows(tc.batch_size, r.mesh)
+    metrics = _Metrics(r)
+
+    def save(st: TrainState, at: int) -> None:
+        r.ck.save(at, st, r.meta(at))
+        metrics.last_saved = at
+
+    try:
+        while step < tc.steps:
+            local = data_lib.get_batch(r.data.train, tc.batch_size, seq, tc.seed, step, rows=rows)
+            state, m = r.train_step(state, {"tokens": global_batch(local, tc.batch_size, r.mesh)})
+            step += 1
+            metrics.pending.append((step, m))
+            if step % tc.log_every == 0 or step % tc.ckpt_every == 0 or step % tc.eval_every == 0 \
+                    or step == tc.steps:
+                metrics.flush()
+            if step % tc.eval_every == 0 and step < tc.steps:
+                r.log([{"split": "val", "step": step, **r.validate(state)}])
+            if step % tc.ckpt_every == 0 or step == tc.steps:
+                save(state, step)
+    except KeyboardInterrupt:
+        metrics.flush()
+        if step > metrics.last_saved:
+            save(state, step)
+        r.ck.wait()
+        metrics.bar.close()
+        r.say(f"interrupted at step {step}: checkpoint saved in {r.ck.directory}; --resume continues")
+        raise
+    except BaseException:
+        metrics.bar.close()
+        r.ck.wait()  # let earlier saves finish: they are the run's good checkpoints
+        raise
+    metrics.bar.close()
+    return state
+
+
+def fit_counts(r: OpenRun, fit: Callable) -> TrainState:
+    """A family's own fitting step (``Family.fit``) in place of the steps; saved as the final
+    step, with the optimizer state a fresh one so the checkpoint has the usual tree."""
+    tc = r.run.train
+    if r.start >= tc.steps:
+        return r.state
+    t0 = time.perf_counter()
+    params = fit(r.run.model, r.data.train, tc)
+    state = TrainState(step=jnp.asarray(tc.steps, jnp.int32), params=params,
+                       opt_state=r.optimizer.init(params))
+    r.say(f"fitted {r.run.model.family} on {len(r.data.train):,} tokens in {time.perf_counter() - t0:.1f}s")
+    r.ck.save(tc.steps, state, r.meta(tc.steps))
+    return state
+
+
+def finish(r: OpenRun, state: TrainState) -> TrainResult:
+    """Wait for the checkpoints, validate, plot, and print a greedy sample."""
+    r.ck.wait()
+    r.ck.close()
+    tc, cfg, step = r.run.train, r.run.model, int(state.step)
+    final = r.validate(state)
+    r.log([{"split": "val", "step": step, **final}])
+    r.say(f"validation at step {step}: loss {final['loss']:.4f}  perplexity {final['ppl']:.2f}  "
+          f"bits/byte {final['bpb']:.3f}  accuracy {final['accuracy']:.3f}")
+    if r.lead:
+        r.say(plot_losses(r.metrics_path, r.metrics_path.parent / "loss.png"))
+    sample = ""
+    if tc.sample_tokens:
+        ctx = family_of(cfg).context_len(cfg)
+        prompt = encode(r.enc, tc.sample_prompt) or [eot_id(r.enc)]
+        n = tc.sample_tokens
+        if ctx is not None:
+            prompt = prompt[-(ctx - 1):]
+            n = min(n, ctx - len(prompt) + 1)  # what the context has room for
+        with jax.set_mesh(r.mesh):  # the params stay where they are; the state follows them
+            gen = generate(state.params, cfg, [prompt], jax.random.key(0), max_new_tokens=n)
+        tokens, length = to_host(gen.tokens)[0], int(to_host(gen.lengths)[0])
+        sample = tc.sample_prompt + decode(r.enc, tokens[:length].tolist())
+        r.say(f"greedy sample:\n{sample}")
+    return TrainResult(state=state, val=final, sample=sample, start_step=r.start)
+
+
+def train(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
+          enc: tiktoken.Encoding | None = None) -> TrainResult:
+    """Train ``run`` (resuming from its out_dir's newest checkpoint when ``resume``); reports go
+    to ``out`` (default stdout), the progress bar to stderr. ``enc`` is ``run.data.tokenizer``
+    already loaded, if the caller has it.
+
+    The run is laid out on ``run.mesh`` (parallel/). With several processes (after
+    ``jax.distributed.initialize``; see parallel/distributed.py) every process runs this same
+    function: each loads only its rows of each batch, all write the checkpoints together, and
+    process 0 alone prints and writes config.json, metrics.jsonl and the plot."""
+    r = open_run(run, resume=resume, out=out, enc=enc)
+    fit = family_of(run.model).fit
+    state = run_steps(r) if fit is None else fit_counts(r, fit)
+    return finish(r, state)
