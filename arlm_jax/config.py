@@ -16,6 +16,7 @@ from arlm_jax.errors import ConfigError, check_choice, check_positive
 from arlm_jax.models import get_family
 
 SCHEDULES = ("cosine", "constant", "wsd")
+DEFAULT_SEQ_LEN = 128  # training windows of a family without a context length (e.g. an RNN)
 
 
 def model_preset(name: str, family: str = "transformer") -> Any:
@@ -29,7 +30,7 @@ class TrainConfig:
 
     steps: int = 600  # optimizer steps (the default demo takes about 3 minutes on 2 CPU cores)
     batch_size: int = 16  # sequences per optimizer step (split over grad_accum micro-batches)
-    seq_len: int | None = None  # None -> the model's context length (model.max_len)
+    seq_len: int | None = None  # None -> the model's context length (model.max_len), else 128
     grad_accum: int = 1  # micro-batches per step (same gradient, less memory)
     lr: float = 3e-3  # peak learning rate
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio (cosine / wsd)
@@ -129,17 +130,16 @@ class RunConfig:
         self.data.validate()
         self.mesh.validate()
         ctx = get_family(self.model.family).context_len(self.model)
-        if self.train.seq_len is None and ctx is None:
-            raise ConfigError(f"train.seq_len is required: model.family={self.model.family!r} has no "
-                              f"context length to default to")
         if ctx is not None and self.seq_len > ctx:
             raise ConfigError(f"train.seq_len={self.seq_len} must be <= model.max_len={ctx}")
         return self
 
     @property
     def seq_len(self) -> int:
-        """Tokens per training window: train.seq_len, else the model's context length."""
-        return self.train.seq_len or get_family(self.model.family).context_len(self.model)
+        """Tokens per training window: train.seq_len, else the model's context length (or
+        DEFAULT_SEQ_LEN for a family with an unbounded context)."""
+        ctx = get_family(self.model.family).context_len(self.model)
+        return self.train.seq_len or ctx or DEFAULT_SEQ_LEN
 
 
 def to_dict(cfg: Any) -> dict:

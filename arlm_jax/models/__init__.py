@@ -1,9 +1,10 @@
 """Model families behind one interface (api.py) and their registry; shared layers (layers.py).
 
-Importing this package registers the built-in families: ``transformer``.
+Importing this package registers the built-in families: ``transformer`` and ``bigram`` (a toy
+that docs/model-families.md builds step by step).
 """
 
 from arlm_jax.models.api import Family, families, family_of, get_family, register
-from arlm_jax.models import transformer  # noqa: F401  (registers the family)
+from arlm_jax.models import bigram, transformer  # noqa: F401  (each registers its family)
 
 __all__ = ["Family", "families", "family_of", "get_family", "register"]
