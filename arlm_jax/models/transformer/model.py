@@ -21,6 +21,8 @@ Parameter tree (shapes; optional entries depend on the config):
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -195,6 +197,67 @@ def head(params: dict, x: Array, cfg: ModelConfig) -> Array:
     return constrain(logits, lead + ("vocab",))
 
 
+def _embed(params: dict, tokens: Array, positions: Array, cfg: ModelConfig) -> Array:
+    """Token (and absolute position) embeddings, in the compute dtype. -> [B, T, D]"""
+    # Under a mesh the tables are gathered whole for the lookup (as FSDP gathers every weight
+    # before use): XLA's partitioner has no efficient gather from a table split on both axes.
+    whole = lambda table: constrain(table, (None, None))  # noqa: E731
+    x = jnp.take(whole(params["embed"]["tok"]), tokens, axis=0)  # [B, T, D]
+    if cfg.pos == "learned":
+        x = x + jnp.take(whole(params["embed"]["pos"]), positions, axis=0)
+    elif cfg.pos == "sinusoidal":
+        x = x + layers.sinusoidal_embedding(positions, cfg.d_model)
+    return constrain(x.astype(DTYPES[cfg.dtype]), _RESIDUAL)
+
+
+def _masks(params: dict, positions: Array, k_pos: Array, cfg: ModelConfig, cache: KVCache | None
+           ) -> tuple[Any, Any]:
+    """The attention masks and positional biases of the queries at ``positions`` [B, T].
+
+    Without a cache: (mask [B, T, T], bias [B, H, T, T] or None). With one: pairs, the cache
+    part (slots filled before this call, keys at ``k_pos`` [B, S]) and the new part (causal)."""
+    def biases(kp: Array) -> Array | None:  # [B, H, T, S] of the queries against keys at kp
+        if cfg.pos == "alibi":
+            return layers.alibi_bias(positions, kp, cfg.n_heads)
+        if cfg.pos == "relative":
+            return layers.relative_bias(params["rel_bias"], positions, kp, cfg.rel_max_distance)
+        return None
+
+    if cache is None:
+        return layers.causal_mask(positions, k_pos), biases(k_pos)
+    b, t = positions.shape
+    filled = jnp.broadcast_to(k_pos[:, None, :] < cache.lengths[:, None, None], (b, t, cache.capacity))
+    mask = (filled, layers.causal_mask(positions, positions))
+    bias = None if cfg.pos not in ("alibi", "relative") else (biases(k_pos), biases(positions))
+    return mask, bias
+
+
+def _blocks(params: dict, x: Array, cfg: ModelConfig, cache: KVCache | None, block, layer_keys
+            ) -> tuple[Array, KVCache | None]:
+    """Run the blocks: one scanned block for training, unrolled layers for decoding."""
+    blocks = params["blocks"]
+    if cache is None and not isinstance(blocks, (list, tuple)):  # training: one scanned block
+        def body(x: Array, inp: tuple) -> tuple[Array, None]:
+            return block(x, *inp, None)[0], None
+
+        if cfg.remat != "none":
+            body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+        x, _ = jax.lax.scan(body, x, (blocks, layer_keys), unroll=cfg.scan_unroll)
+        return x, None
+    # decoding: layers unrolled, so each reads its own weights and cache in place
+    ks, vs = [], []
+    for i in range(cfg.n_layers):
+        kv = None if cache is None else (cache.k[i], cache.v[i], cache.lengths)
+        key = None if layer_keys is None else layer_keys[i]
+        x, kv = block(x, layer_params(blocks, i), key, kv)
+        if kv is not None:
+            ks.append(kv[0])
+            vs.append(kv[1])
+    if cache is not None:
+        cache = KVCache(k=tuple(ks), v=tuple(vs), lengths=cache.lengths + x.shape[1])
+    return x, cache
+
+
 def hidden(params: dict, tokens: Array, cfg: ModelConfig, cache: KVCache | None = None, *,
            positions: Array | None = None, dropout_key: Array | None = None
            ) -> tuple[Array, KVCache | None]:
@@ -216,34 +279,12 @@ def hidden(params: dict, tokens: Array, cfg: ModelConfig, cache: KVCache | None 
         k_pos = positions
     if cfg.dropout <= 0.0:
         dropout_key = None
-    cast = lambda tree: jax.tree.map(lambda a: a.astype(dtype), tree)  # noqa: E731
-
-    # Under a mesh the tables are gathered whole for the lookup (as FSDP gathers every weight
-    # before use): XLA's partitioner has no efficient gather from a table split on both axes.
-    whole = lambda table: constrain(table, (None, None))  # noqa: E731
-    x = jnp.take(whole(params["embed"]["tok"]), tokens, axis=0)  # [B, T, D]
-    if cfg.pos == "learned":
-        x = x + jnp.take(whole(params["embed"]["pos"]), positions, axis=0)
-    elif cfg.pos == "sinusoidal":
-        x = x + layers.sinusoidal_embedding(positions, cfg.d_model)
-    x = constrain(x.astype(dtype), _RESIDUAL)
+    x = _embed(params, tokens, positions, cfg)
     if dropout_key is not None:
         dropout_key, k0 = jax.random.split(dropout_key)
         x = layers.dropout(x, cfg.dropout, k0)
-
-    def biases(k_pos: Array) -> Array | None:  # [B, H, T, S] of the queries against keys at k_pos
-        if cfg.pos == "alibi":
-            return layers.alibi_bias(positions, k_pos, cfg.n_heads)
-        if cfg.pos == "relative":
-            return layers.relative_bias(params["rel_bias"], positions, k_pos, cfg.rel_max_distance)
-        return None
-
-    if cache is None:
-        mask, bias = layers.causal_mask(positions, k_pos), biases(k_pos)  # [B, T, T], [B, H, T, T]
-    else:  # the cache part (slots filled before this call) and the new part (causal), see above
-        filled = jnp.broadcast_to(k_pos[:, None, :] < cache.lengths[:, None, None], (b, t, cache.capacity))
-        mask = (filled, layers.causal_mask(positions, positions))
-        bias = None if cfg.pos not in ("alibi", "relative") else (biases(k_pos), biases(positions))
+    mask, bias = _masks(params, positions, k_pos, cfg, cache)
+    cast = lambda tree: jax.tree.map(lambda a: a.astype(dtype), tree)  # noqa: E731
 
     def block(x: Array, p: dict, key: Array | None, kv: tuple | None) -> tuple[Array, tuple | None]:
         p = {**p, "attn": cast(p["attn"]), "mlp": cast(p["mlp"])}  # norms stay float32
@@ -251,26 +292,7 @@ def hidden(params: dict, tokens: Array, cfg: ModelConfig, cache: KVCache | None 
         return constrain(x, _RESIDUAL), kv
 
     layer_keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.n_layers)
-    blocks = params["blocks"]
-    if cache is None and not isinstance(blocks, (list, tuple)):  # training: one scanned block
-        def body(x: Array, inp: tuple) -> tuple[Array, None]:
-            return block(x, *inp, None)[0], None
-
-        if cfg.remat != "none":
-            body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-        x, _ = jax.lax.scan(body, x, (blocks, layer_keys), unroll=cfg.scan_unroll)
-    else:  # decoding: layers unrolled, so each reads its own weights and cache in place
-        ks, vs = [], []
-        for i in range(cfg.n_layers):
-            kv = None if cache is None else (cache.k[i], cache.v[i], cache.lengths)
-            key = None if layer_keys is None else layer_keys[i]
-            x, kv = block(x, layer_params(blocks, i), key, kv)
-            if kv is not None:
-                ks.append(kv[0])
-                vs.append(kv[1])
-        if cache is not None:
-            cache = KVCache(k=tuple(ks), v=tuple(vs), lengths=cache.lengths + t)
-
+    x, cache = _blocks(params, x, cfg, cache, block, layer_keys)
     if cfg.norm_position == "pre":
         x = layers.apply_norm(params["final_norm"], x, cfg.norm, cfg.norm_eps)
     return x, cache
