@@ -12,6 +12,18 @@ them from lists, rounding T up to a bucket so new prompts reuse the compiled pro
 of a ragged batch produces exactly what it would alone: its tokens sit at positions
 0..lengths[b]-1 of its own state row (for a Transformer, its KV cache row) and padding is never read.
 
+Any number of new tokens: a family with a finite context (a Transformer's max_len) slides
+its window when a row's state is full (window.py), as nanoGPT crops its context to the last
+block_size tokens. The full row is refilled from the last ``window_keep`` tokens of its text,
+at positions 0..keep-1 (a prefill of keep - 1 tokens, then the pending one), and grows again
+from there; rows of a ragged batch slide on their own schedules. The cost is that refill each
+time a row fills: with the default keep = the context length that is every step once the row
+is full (what nanoGPT recomputes), with a smaller keep every C - keep + 1 steps. The refill
+runs under a ``lax.cond`` in the same compiled step, only when some row is full. A request that
+fits the context compiles exactly the program it did before (no cond, no extra state), and a
+family with an unbounded context (``context_len`` None, e.g. an RNN) never slides. Prompts must
+still fit the context (the CLI crops them); beam search and speculative decoding do not slide.
+
 The pieces are public for other decode loops (streaming, speculative decoding): ``prefill``
 returns a ``DecodeState`` and the first token, ``decode`` advances a state by a static number
 of steps, ``decode_until_done`` is the early-exit ``lax.while_loop`` variant.
@@ -28,7 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arlm_jax.decode.inputs import Stop, check_inputs, normalize_stop
+from arlm_jax.decode import window as sliding
+from arlm_jax.decode.inputs import Stop, check_inputs, check_window_keep, normalize_stop
 from arlm_jax.decode.sampling import History, Sampler, init_history, sample, update_history
 from arlm_jax.models import family_of
 
@@ -44,6 +57,10 @@ class DecodeState:
     window: Array  # int32 [B, M] last M emitted tokens (-1 = none yet), M = longest stop sequence
     history: History | None  # token counts for the penalties (None when the sampler has none)
     key: Array
+    # Only when the window slides (window.py; None otherwise, so a request that fits the
+    # context carries nothing more):
+    held: Array | None = None  # int32 [B] tokens the model state holds (the context length when full)
+    tail: Array | None = None  # int32 [B, keep - 1] the last keep - 1 of them, to refill from
 
 
 @flax.struct.dataclass
@@ -86,10 +103,13 @@ def _emit(state: DecodeState, logits: Array, sampler: Sampler | None, stop: Stop
 
 
 def prefill(params: dict, cfg: Any, prompts: Array, lengths: Array, key: Array,
-            capacity: int, sampler: Sampler | None = None, stop: Stop = (), pad_id: int = 0
-            ) -> tuple[DecodeState, Array, Array]:
+            capacity: int, sampler: Sampler | None = None, stop: Stop = (), pad_id: int = 0,
+            keep: int | None = None) -> tuple[DecodeState, Array, Array]:
     """The family's prefill over the padded prompts [B, T] (a fresh state that holds up to
-    ``capacity`` tokens), then the first new token. -> (state, token [B], logprob [B])."""
+    ``capacity`` tokens), then the first new token. -> (state, token [B], logprob [B]).
+
+    ``keep`` (1..context length): the decode steps slide the window, a full row keeping its
+    last ``keep`` tokens (window.py); ``capacity`` must then be the family's context length."""
     b = prompts.shape[0]
     model_state, logits = family_of(cfg).prefill(params, cfg, prompts, lengths, capacity)
     history = init_history(prompts, lengths, cfg.vocab_size) if sampler is not None and sampler.uses_history else None
@@ -97,13 +117,20 @@ def prefill(params: dict, cfg: Any, prompts: Array, lengths: Array, key: Array,
     state = DecodeState(model=model_state, token=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool),
                         n_out=jnp.zeros((b,), jnp.int32), window=jnp.full((b, m), -1, jnp.int32),
                         history=history, key=key)
+    if keep is not None:
+        state = state.replace(held=lengths.astype(jnp.int32), tail=sliding.init_tail(prompts, lengths, keep))
     return _emit(state, logits, sampler, stop, pad_id)
 
 
 def decode_step(params: dict, cfg: Any, state: DecodeState, sampler: Sampler | None = None,
                 stop: Stop = (), pad_id: int = 0) -> tuple[DecodeState, Array, Array]:
-    """Feed each row's last token, emit the next. -> (state, token [B], logprob [B])."""
-    logits, model_state = family_of(cfg).forward(params, state.token[:, None], cfg, state.model)
+    """Feed each row's last token, emit the next. -> (state, token [B], logprob [B]).
+    A state from ``prefill(..., keep=...)`` first refills its full rows (window.py)."""
+    model_state = state.model
+    if state.held is not None:  # the window slides: static, from the state's structure
+        model_state, held = sliding.slide(params, cfg, model_state, state.held, state.tail)
+        state = state.replace(held=held + 1, tail=sliding.push_tail(state.tail, state.token))
+    logits, model_state = family_of(cfg).forward(params, state.token[:, None], cfg, model_state)
     return _emit(state.replace(model=model_state), logits[:, 0], sampler, stop, pad_id)
 
 
@@ -147,14 +174,15 @@ def decode_until_done(params: dict, cfg: Any, state: DecodeState, n_steps: int,
 
 
 # ---- the public entry points --------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "stop", "early_exit", "pad_id"))
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "stop", "early_exit", "pad_id",
+                                           "keep"))
 def _generate(params: dict, cfg: Any, prompts: Array, lengths: Array, key: Array,
               sampler: Sampler | None, max_new_tokens: int, stop: Stop, early_exit: bool,
-              pad_id: int) -> Generation:
-    t = prompts.shape[1]
+              pad_id: int, keep: int | None = None) -> Generation:
+    # keep (planned by generate): None when the request fits the context, else the window's
+    capacity, keep = sliding.plan(cfg, prompts.shape[1] + max_new_tokens - 1, keep)
     params = family_of(cfg).decode_params(params, cfg)  # once, so the loop reads them in place
-    state, tok, logp = prefill(params, cfg, prompts, lengths, key, t + max_new_tokens - 1,
-                               sampler, stop, pad_id)
+    state, tok, logp = prefill(params, cfg, prompts, lengths, key, capacity, sampler, stop, pad_id, keep)
     loop = decode_until_done if early_exit else decode
     state, toks, logps = loop(params, cfg, state, max_new_tokens - 1, sampler, stop, pad_id)
     return Generation(tokens=jnp.concatenate([tok[:, None], toks], axis=1),
@@ -164,23 +192,29 @@ def _generate(params: dict, cfg: Any, prompts: Array, lengths: Array, key: Array
 
 def generate(params: dict, cfg: Any, prompts: Any, key: Array, *, max_new_tokens: int,
              sampler: Sampler | None = None, stop: Any = None, lengths: Any = None,
-             early_exit: bool = False, pad_id: int = 0) -> Generation:
+             early_exit: bool = False, pad_id: int = 0, window_keep: int | None = None) -> Generation:
     """Generate ``max_new_tokens`` tokens after each prompt row, in one compiled program.
 
     prompts int32 [B, T] (right-padded; ``lengths`` [B] gives the real lengths, default T);
     ``sampler`` None is greedy; ``stop`` token ids or sequences (see ``normalize_stop``) finish
     a row; ``early_exit`` swaps the scan for a while_loop that ends when all rows are done.
-    Compiled once per (config, B, T, max_new_tokens, stop, sampler fields in use); works inside
-    the caller's own ``jax.jit`` too (then pass static arguments as such).
+    Past the context, a full row's window slides to its last ``window_keep`` tokens (1..the
+    context length, default the context length: nanoGPT's crop); see the module docstring.
+    Compiled once per (config, B, T, max_new_tokens, stop, sampler fields in use, window_keep
+    when it slides); works inside the caller's own ``jax.jit`` too (then pass static arguments
+    as such).
     """
-    prompts, lengths = check_inputs(cfg, prompts, lengths, max_new_tokens, sampler)
+    prompts, lengths = check_inputs(cfg, prompts, lengths, max_new_tokens, sampler, slides=True)
+    keep = check_window_keep(cfg, window_keep)
+    # keep only when the window slides: a request that fits compiles one program for every keep
+    _, keep = sliding.plan(cfg, prompts.shape[1] + max_new_tokens - 1, keep)
     return _generate(params, cfg, prompts, lengths, key, sampler, max_new_tokens,
-                     normalize_stop(stop), early_exit, pad_id)
+                     normalize_stop(stop), early_exit, pad_id, keep)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "capacity", "stop", "pad_id"))
-def _prefill_jit(params, cfg, prompts, lengths, key, sampler, capacity, stop, pad_id):
-    return prefill(params, cfg, prompts, lengths, key, capacity, sampler, stop, pad_id)
+@functools.partial(jax.jit, static_argnames=("cfg", "capacity", "stop", "pad_id", "keep"))
+def _prefill_jit(params, cfg, prompts, lengths, key, sampler, capacity, stop, pad_id, keep=None):
+    return prefill(params, cfg, prompts, lengths, key, capacity, sampler, stop, pad_id, keep)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "n_steps", "stop", "pad_id"), donate_argnums=(2,))
@@ -190,22 +224,26 @@ def _decode_jit(params, cfg, state, sampler, n_steps, stop, pad_id):
 
 def stream(params: dict, cfg: Any, prompts: Any, key: Array, *, max_new_tokens: int,
            sampler: Sampler | None = None, stop: Any = None, lengths: Any = None,
-           chunk: int = 8, pad_id: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+           chunk: int = 8, pad_id: int = 0, window_keep: int | None = None
+           ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Generate like ``generate`` but yield (tokens [B, n], lengths [B], done [B]) as chunks of up
     to ``chunk`` steps are ready; ``lengths`` counts each row's real tokens so far (a row that
     stops inside a chunk pads the rest of it). Every chunk runs the same compiled ``chunk``-step
     scan (the state is donated, so the cache is reused in place); it stops early once every row
-    is done."""
-    prompts, lengths = check_inputs(cfg, prompts, lengths, max_new_tokens, sampler)
+    is done. Past the context the window slides as in ``generate`` (``window_keep``)."""
+    prompts, lengths = check_inputs(cfg, prompts, lengths, max_new_tokens, sampler, slides=True)
+    keep = check_window_keep(cfg, window_keep)
     stop = normalize_stop(stop)
     n_chunks = -(-(max_new_tokens - 1) // chunk)
-    # The last chunk may run past max_new_tokens (its extra steps are dropped), so the cache
-    # gets the whole chunks' room where the context allows it.
-    capacity = prompts.shape[1] + n_chunks * chunk
-    ctx = family_of(cfg).context_len(cfg)
-    capacity = capacity if ctx is None else min(capacity, ctx)
+    capacity, keep = sliding.plan(cfg, prompts.shape[1] + max_new_tokens - 1, keep)
+    if keep is None:
+        # The last chunk may run past max_new_tokens (its extra steps are dropped), so the cache
+        # gets the whole chunks' room where the context allows it (a sliding one holds it all).
+        capacity = prompts.shape[1] + n_chunks * chunk
+        ctx = family_of(cfg).context_len(cfg)
+        capacity = capacity if ctx is None else min(capacity, ctx)
     params = jax.jit(family_of(cfg).decode_params, static_argnums=1)(params, cfg)  # shared by every chunk
-    state, tok, _ = _prefill_jit(params, cfg, prompts, lengths, key, sampler, capacity, stop, pad_id)
+    state, tok, _ = _prefill_jit(params, cfg, prompts, lengths, key, sampler, capacity, stop, pad_id, keep)
     yield np.asarray(tok)[:, None], np.asarray(state.n_out), np.asarray(state.done)
     left = max_new_tokens - 1
     while left > 0 and not bool(np.all(state.done)):

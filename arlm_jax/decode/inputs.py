@@ -1,4 +1,4 @@
-"""Decoding inputs, checked once at the boundary: prompts, lengths, stop sequences, room.
+"""Decoding inputs, checked once at the boundary: prompts, lengths, stop sequences, room, window.
 
 Every decode entry point (generate, stream, beam search, speculative decoding) calls
 ``check_inputs`` before compiling anything, so bad input is a one-line ConfigError.
@@ -54,9 +54,10 @@ def pad_prompts(prompts: Sequence[Sequence[int]], bucket: int = 16, pad_id: int 
     return tokens, lengths
 
 
-def check_room(cfg: Any, prompt_len: int, max_new_tokens: int) -> int:
-    """Validate that a padded prompt and its new tokens fit the model's context; -> the number
-    of tokens the decoding state must hold.
+def check_room(cfg: Any, prompt_len: int, max_new_tokens: int, *, slides: bool = False) -> int:
+    """Validate that a padded prompt fits the model's context and, unless the caller ``slides``
+    the window past it (generate and stream do, see window.py), its new tokens too; -> the
+    number of tokens the decoding state would hold without sliding.
 
     The last new token is never fed back, so the state holds prompt_len + max_new_tokens - 1.
     A family without a context length (``Family.context_len`` None) always has room.
@@ -68,16 +69,32 @@ def check_room(cfg: Any, prompt_len: int, max_new_tokens: int) -> int:
     if prompt_len > ctx:
         raise ConfigError(f"prompt: {prompt_len} tokens (padded) is longer than the context, "
                           f"model.max_len={ctx}")
-    if capacity > ctx:
+    if capacity > ctx and not slides:
         raise ConfigError(f"max_new_tokens={max_new_tokens} after a {prompt_len}-token (padded) prompt "
                           f"exceeds the context, model.max_len={ctx}; allowed at most "
-                          f"{ctx - prompt_len + 1}")
+                          f"{ctx - prompt_len + 1} (only generate and stream slide the window past "
+                          f"the context)")
     return capacity
 
 
+def check_window_keep(cfg: Any, window_keep: Any) -> int | None:
+    """Validate ``window_keep``, the tokens a full row keeps when its window slides (window.py);
+    -> it, defaulting to the context length (nanoGPT's crop), or None for an unbounded family,
+    which never slides (any integer >= 1 is accepted and unused)."""
+    ctx = family_of(cfg).context_len(cfg)
+    if window_keep is None:
+        return ctx
+    is_int = isinstance(window_keep, (int, np.integer)) and not isinstance(window_keep, bool)
+    if not (is_int and 1 <= window_keep and (ctx is None or window_keep <= ctx)):
+        allowed = "an integer >= 1" if ctx is None else f"an integer in 1..{ctx} (the context length)"
+        raise ConfigError(f"window_keep={window_keep!r} must be {allowed}")
+    return None if ctx is None else int(window_keep)
+
+
 def check_inputs(cfg: Any, prompts: Any, lengths: Any, max_new_tokens: int,
-                  sampler: Any) -> tuple[Any, Any]:
+                 sampler: Any, *, slides: bool = False) -> tuple[Any, Any]:
     """Validate prompts [B, T], lengths [B] and the settings; -> (prompts, lengths) as int32.
+    ``slides``: the caller slides the window past the context (see ``check_room``).
 
     Host inputs (lists, numpy) are checked and returned as numpy arrays: the jitted call moves
     them to the device once, where converting them first and reading them back for the checks
@@ -91,7 +108,7 @@ def check_inputs(cfg: Any, prompts: Any, lengths: Any, max_new_tokens: int,
                           f"{tuple(prompts.shape)}")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 1")
-    check_room(cfg, prompts.shape[1], max_new_tokens)
+    check_room(cfg, prompts.shape[1], max_new_tokens, slides=slides)
     if lengths is None:
         lengths = np.full((prompts.shape[0],), prompts.shape[1], np.int32)
     if isinstance(lengths, jax.core.Tracer):
