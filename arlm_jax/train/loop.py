@@ -258,12 +258,10 @@ def finish(r: OpenRun, state: TrainState) -> TrainResult:
     if tc.sample_tokens:
         ctx = family_of(cfg).context_len(cfg)
         prompt = encode(r.enc, tc.sample_prompt) or [eot_id(r.enc)]
-        n = tc.sample_tokens
         if ctx is not None:
-            prompt = prompt[-(ctx - 1):]
-            n = min(n, ctx - len(prompt) + 1)  # what the context has room for
+            prompt = prompt[-ctx:]  # past the context the window slides (decode/window.py)
         with jax.set_mesh(r.mesh):  # the params stay where they are; the state follows them
-            gen = generate(state.params, cfg, [prompt], jax.random.key(0), max_new_tokens=n)
+            gen = generate(state.params, cfg, [prompt], jax.random.key(0), max_new_tokens=tc.sample_tokens)
         tokens, length = to_host(gen.tokens)[0], int(to_host(gen.lengths)[0])
         sample = tc.sample_prompt + decode(r.enc, tokens[:length].tolist())
         r.say(f"greedy sample:\n{sample}")
