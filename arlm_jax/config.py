@@ -28,32 +28,58 @@ def model_preset(name: str, family: str = "transformer") -> Any:
 class TrainConfig:
     """Optimisation, schedule, logging and checkpointing of a training run."""
 
-    steps: int = 600  # optimizer steps (the default demo takes about 3 minutes on 2 CPU cores)
-    batch_size: int = 16  # sequences per optimizer step (split over grad_accum micro-batches)
-    seq_len: int | None = None  # None -> the model's context length (model.max_len), else 128
-    grad_accum: int = 1  # micro-batches per step (same gradient, less memory)
-    lr: float = 3e-3  # peak learning rate
-    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio (cosine / wsd)
-    schedule: str = "cosine"  # cosine | constant | wsd (warmup-stable-decay)
-    warmup_steps: int = 50  # linear warmup from lr/warmup_steps to lr
-    decay_fraction: float = 0.2  # wsd: last fraction of steps that decays
-    weight_decay: float = 0.1  # AdamW decoupled weight decay of the matmul weights
-    decay_norms_biases_embeddings: bool = False  # also decay norms, biases and embeddings
-    beta1: float = 0.9  # AdamW first-moment decay
-    beta2: float = 0.95  # AdamW second-moment decay
-    eps: float = 1e-8  # AdamW epsilon
-    grad_clip: float = 1.0  # global-norm clipping; 0 disables
-    z_loss: float = 0.0  # coefficient of the log(Z)^2 auxiliary loss
-    seed: int = 0  # init, dropout and batch order
-    eval_every: int = 200  # steps between validations (and one at the end)
-    eval_batches: int = 8  # validation batches of batch_size fixed windows each
-    log_every: int = 10  # steps between metric fetches (progress bar, JSONL, NaN check)
-    ckpt_every: int = 200  # steps between checkpoints (and one at the end)
-    keep_checkpoints: int = 3  # newest checkpoints kept on disk
-    out_dir: str = "runs/demo"  # run folder: config.json, metrics.jsonl, checkpoints/, loss.png
-    progress: bool = True  # live progress bar (off: a log line every log_every steps)
-    sample_prompt: str = "def "  # prompt of the greedy sample printed at the end
-    sample_tokens: int = 120  # tokens in that sample (0: no sample)
+    steps: int = 600
+    """optimizer steps (the default demo takes about 3 minutes on 2 CPU cores)"""
+    batch_size: int = 16
+    """sequences per optimizer step (split over grad_accum micro-batches)"""
+    seq_len: int | None = None
+    """None -> the model's context length (model.max_len), else 128"""
+    grad_accum: int = 1
+    """micro-batches per step (same gradient, less memory)"""
+    lr: float = 3e-3
+    """peak learning rate"""
+    min_lr_ratio: float = 0.1
+    """final lr = lr * min_lr_ratio (cosine / wsd)"""
+    schedule: str = "cosine"
+    """cosine | constant | wsd (warmup-stable-decay)"""
+    warmup_steps: int = 50
+    """linear warmup from lr/warmup_steps to lr"""
+    decay_fraction: float = 0.2
+    """wsd: last fraction of steps that decays"""
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay of the matmul weights"""
+    decay_norms_biases_embeddings: bool = False
+    """also decay norms, biases and embeddings"""
+    beta1: float = 0.9
+    """AdamW first-moment decay"""
+    beta2: float = 0.95
+    """AdamW second-moment decay"""
+    eps: float = 1e-8
+    """AdamW epsilon"""
+    grad_clip: float = 1.0
+    """global-norm clipping; 0 disables"""
+    z_loss: float = 0.0
+    """coefficient of the log(Z)^2 auxiliary loss"""
+    seed: int = 0
+    """init, dropout and batch order"""
+    eval_every: int = 200
+    """steps between validations (and one at the end)"""
+    eval_batches: int = 8
+    """validation batches of batch_size fixed windows each"""
+    log_every: int = 10
+    """steps between metric fetches (progress bar, JSONL, NaN check)"""
+    ckpt_every: int = 200
+    """steps between checkpoints (and one at the end)"""
+    keep_checkpoints: int = 3
+    """newest checkpoints kept on disk"""
+    out_dir: str = "runs/demo"
+    """run folder: config.json, metrics.jsonl, checkpoints/, loss.png"""
+    progress: bool = True
+    """live progress bar (off: a log line every log_every steps)"""
+    sample_prompt: str = "def "
+    """prompt of the greedy sample printed at the end"""
+    sample_tokens: int = 120
+    """tokens in that sample (0: no sample)"""
 
     def validate(self) -> "TrainConfig":
         p = "train"
@@ -81,10 +107,14 @@ class TrainConfig:
 class DataConfig:
     """Where text comes from and how it is tokenised."""
 
-    corpus: str = "stdlib"  # "stdlib" (the running Python's library), a file, a folder or a glob
-    tokenizer: str = "byte"  # byte | gpt2 | cl100k_base | o200k_base | path/to/file.tiktoken
-    val_fraction: float = 0.05  # fraction of documents held out for validation
-    cache_dir: str = ""  # "" -> $ARLM_CACHE or ~/.cache/arlm_jax
+    corpus: str = "stdlib"
+    """'stdlib' (the running Python's library), a file, a folder or a glob"""
+    tokenizer: str = "byte"
+    """byte | gpt2 | cl100k_base | o200k_base | path/to/file.tiktoken"""
+    val_fraction: float = 0.05
+    """fraction of documents held out for validation"""
+    cache_dir: str = ""
+    """'' -> $ARLM_CACHE or ~/.cache/arlm_jax"""
 
     def validate(self) -> "DataConfig":
         if not 0.0 < self.val_fraction < 1.0:
@@ -98,10 +128,14 @@ class DataConfig:
 class MeshConfig:
     """The device mesh of a run (sharding.py): sizes of the data, fsdp and tensor axes."""
 
-    data: int = 1  # data-parallel replicas (-1: the devices left over)
-    fsdp: int = -1  # data parallelism that also splits weights and optimizer state (-1: left over)
-    tensor: int = 1  # tensor parallelism: heads, MLP hidden units and vocabulary split (-1: left over)
-    devices: int = 0  # devices to use, the first N of jax.devices() (0: all; one process only)
+    data: int = 1
+    """data-parallel replicas (-1: the devices left over)"""
+    fsdp: int = -1
+    """data parallelism that also splits weights and optimizer state (-1: left over)"""
+    tensor: int = 1
+    """tensor parallelism: heads, MLP hidden units and vocabulary split (-1: left over)"""
+    devices: int = 0
+    """devices to use, the first N of jax.devices() (0: all; one process only)"""
 
     def validate(self) -> "MeshConfig":
         for name in ("data", "fsdp", "tensor"):
@@ -119,7 +153,9 @@ class RunConfig:
     """Everything a training run needs; saved beside its checkpoints."""
 
     preset: str = "demo"
-    model: Any = field(default_factory=lambda: model_preset("demo"))  # a family's model config
+    """the model preset the run started from (a name in its family's presets)"""
+    model: Any = field(default_factory=lambda: model_preset("demo"))
+    """a family's model config"""
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)

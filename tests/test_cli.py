@@ -1,8 +1,11 @@
 """The `arlm` command end to end, and every bad-input case as a one-line error."""
 
+import ast
 import dataclasses
+import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -10,8 +13,10 @@ import numpy as np
 import pytest
 
 from arlm_jax.cli import main as cli
+from arlm_jax.cli.options import build_run
 from arlm_jax import ModelConfig
-from arlm_jax.config import DataConfig, TrainConfig
+from arlm_jax.config import DataConfig, MeshConfig, TrainConfig
+from arlm_jax.models import families, get_family
 
 
 def arlm(*argv, capsys):
@@ -40,17 +45,81 @@ def corpus(tmp_path, monkeypatch):
     return root
 
 
-def test_help_documents_every_option(capsys):
+def attribute_docs(cls) -> dict[str, str]:
+    """Each field's PEP 257 attribute docstring (the string literal on the line after it)."""
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    return {a.target.id: " ".join(b.value.value.split()) for a, b in zip(body, body[1:])
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value.value, str)}
+
+
+def help_text(*argv, capsys) -> str:
     with pytest.raises(SystemExit) as e:
-        cli.main(["train", "--help"])
+        cli.main([*argv, "--help"])
     assert e.value.code == 0
-    out = capsys.readouterr().out
-    for section, cls in (("model", ModelConfig), ("train", TrainConfig), ("data", DataConfig)):
-        for f in dataclasses.fields(cls):
-            assert f"--{section}.{f.name}" in out
-    undocumented = [f.name for c in (ModelConfig, TrainConfig, DataConfig) for f in dataclasses.fields(c)
-                    if not cli._field_help(c).get(f.name)]
-    assert not undocumented, undocumented
+    return " ".join(capsys.readouterr().out.split())  # one line: help wraps at the terminal width
+
+
+def shown(value) -> str:
+    return "null" if value is None else str(value)
+
+
+def test_help_documents_every_option(capsys):
+    """Every field of every section: its option, its docstring, its type and its default (the
+    chosen preset's, for the model section)."""
+    out = help_text("train", "--preset", "tiny", capsys=capsys)
+    for section, cfg in (("model", ModelConfig.tiny()), ("train", TrainConfig()), ("data", DataConfig()),
+                         ("mesh", MeshConfig())):
+        docs = attribute_docs(type(cfg))
+        for f in dataclasses.fields(cfg):
+            assert docs.get(f.name), f"{section}.{f.name} has no attribute docstring"
+            default = " ".join(shown(getattr(cfg, f.name)).split())
+            pattern = (rf"--{section}\.{f.name} \S+ {re.escape(docs[f.name])} "
+                       rf"\(type: [^()]+, default: {re.escape(default)} ?\)")
+            assert re.search(pattern, out), (section, f.name, pattern)
+    assert "default: 32)" in out and "gpt2-124m" in out  # tiny's d_model; the presets are listed
+    for option in ("--resume", "--coordinator", "--num-processes", "--process-id", "--distributed-timeout",
+                   "--distributed", "--preset", "--config"):
+        assert option in out
+
+
+def test_help_of_another_family_lists_its_own_fields(capsys):
+    for family in families():
+        fam = get_family(family)
+        out = help_text("info", "--model.family", family, capsys=capsys)
+        mine = {f.name for f in dataclasses.fields(fam.config)}
+        others = {f.name for g in families() for f in dataclasses.fields(get_family(g).config)} - mine
+        assert all(f"--model.{name} " in out for name in mine)
+        assert not [name for name in others if f"--model.{name} " in out]
+        assert f"model preset of model.family={family}: {', '.join(fam.presets)}" in out
+
+
+def parsed(*argv):
+    """The RunConfig a command line builds, and the options it sets explicitly."""
+    _, args, source = cli.parse(["info", *map(str, argv)])
+    return build_run(args, source)
+
+
+def test_values_are_read_as_typed():
+    run, explicit = parsed("--preset", "tiny", "--train.sample_prompt", "def ", "--model.n_kv_heads", "none",
+                           "--model.bias", "false", "--model.tie_embeddings=FALSE", "--train.progress", "0",
+                           "--model.d_ff", "null", "--train.seq_len", "16")
+    assert run.train.sample_prompt == "def " and run.model.n_kv_heads is None and run.model.d_ff is None
+    assert run.model.bias is False and run.model.tie_embeddings is False and run.train.progress is False
+    assert run.train.seq_len == 16 and {"model.bias", "train.seq_len"} <= explicit
+    assert "model.vocab_size" not in explicit
+    run, _ = parsed("--model.bias", "True", "--train.progress", "1", "--train.sample_prompt", "none",
+                    "--model.n_kv_heads", "2")
+    assert run.model.bias is True and run.train.progress is True and run.train.sample_prompt == "none"
+    assert run.model.n_kv_heads == 2 and run.preset == "demo"
+
+
+def test_family_and_its_presets():
+    run, _ = parsed("--model.family", "bigram", "--preset", "tiny", "--model.decay", "0.25")
+    fam = get_family("bigram")
+    assert type(run.model) is fam.config and run.model.decay == 0.25
+    assert run.model == dataclasses.replace(fam.preset("tiny"), decay=0.25)
+    run, _ = parsed("--model.family", "bigram")
+    assert run.preset == fam.default_preset and run.model == fam.preset(fam.default_preset)
 
 
 def test_train_eval_info_end_to_end(tmp_path, corpus, capsys):
@@ -96,6 +165,40 @@ def test_config_file_then_flags(tmp_path, capsys):
     assert code == 0 and "6,738" in out
 
 
+def test_config_files_toml_and_json(tmp_path):
+    (tmp_path / "c.toml").write_text('preset = "tiny"\n[model]\nn_layers = 3\nbias = false\n'
+                                     '[train]\nlr = 1\nsample_prompt = "def "\n[mesh]\nfsdp = 2\n')
+    run, explicit = parsed("--config", tmp_path / "c.toml", "--train.lr", "0.5")
+    assert run.preset == "tiny" and run.model.d_model == ModelConfig.tiny().d_model  # the file's preset
+    assert run.model.n_layers == 3 and run.model.bias is False and run.mesh.fsdp == 2
+    assert run.train.lr == 0.5 and run.train.sample_prompt == "def "  # flags override the file
+    assert {"model.n_layers", "train.lr", "mesh.fsdp"} <= explicit
+    (tmp_path / "c.json").write_text(json.dumps({"model": {"family": "bigram", "d_model": 8},
+                                                 "train": {"seq_len": None, "steps": 7}}))
+    run, explicit = parsed("--config", tmp_path / "c.json", "--preset", "tiny")
+    assert run.model == dataclasses.replace(get_family("bigram").preset("tiny"), d_model=8)
+    assert run.train.steps == 7 and run.train.seq_len is None and "model.vocab_size" not in explicit
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('{"model": {"n_layers": 2,}}', "is not valid JSON: "),
+    ("[model\n", "is not valid TOML: "),
+    ('{"modle": {}}', "modle is not a config section; choose from preset, model, train, data, mesh"),
+    ('{"model": {"nlayers": 2}}', "model.nlayers is not an option (did you mean model.n_layers?); the options "
+                                  "of model.family='transformer' are family, vocab_size, n_layers"),
+    ('{"model": {"n_layers": "x"}}', "model.n_layers='x' is not an int"),
+    ('{"train": {"progress": "maybe"}}', "train.progress='maybe' is not true or false"),
+    ('{"model": {"family": "bigram", "n_heads": 4}}', "model.n_heads is not an option: model.family='bigram' "
+                                                      "has no n_heads (model.family transformer has)"),
+    ('{"model": {"family": "gru"}}', "model.family='gru' is unknown; choose one of"),
+    ('[1, 2]', "holds no sections"),
+])
+def test_bad_config_file_is_one_line(tmp_path, text, needle, capsys):
+    path = tmp_path / ("c.toml" if "TOML" in needle else "c.json")
+    path.write_text(text)
+    one_line_error(*arlm("info", "--config", path, capsys=capsys)[::2], needle)
+
+
 def test_tokenizer_train_command(tmp_path, corpus, capsys):
     out_path = tmp_path / "tok.tiktoken"
     code, out, err = arlm("tokenizer", "train", "--vocab-size", "300", "--corpus", corpus, "--out",
@@ -122,6 +225,27 @@ def test_tokenizer_train_command(tmp_path, corpus, capsys):
     (["train", "--data.tokenizer", "gpt9"], "data.tokenizer='gpt9' is unknown; choose byte, gpt2"),
     (["train", "--config", "/nonexistent.json"], "--config='/nonexistent.json' cannot be read"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ([], "expected \"command\" to be one of"),
+    (["train", "--model.n_kv_heads", "x"], "argument --model.n_kv_heads: 'x' is not an int or none"),
+    (["train", "--model.bias", "2"], "argument --model.bias: '2' is not true or false"),
+    (["train", "--num-processes", "two"], "argument --num-processes: 'two' is not an int"),
+    (["train", "--train.lr"], "argument --train.lr: expected one argument"),
+    (["train", "--model.n_lay", "3"], "unknown option '--model.n_lay' (did you mean --model.n_layers?)"),
+    (["train", "--resum"], "unknown option '--resum' (did you mean --resume?)"),
+    (["train", "--train.warmup", "3"], "unknown option '--train.warmup' (did you mean --train.warmup_steps?); "
+                                       "train options are steps, batch_size"),
+    (["train", "surplus"], "unexpected argument 'surplus'"),
+    (["train", "--model.family", "bigram", "--model.n_heads", "4"],
+     "unknown option '--model.n_heads': model.family='bigram' has no n_heads (model.family transformer has); "
+     "the options of model.family='bigram' are family, vocab_size, d_model, decay, dtype, init_std"),
+    (["info", "--model.family", "gru"], "model.family='gru' is unknown; choose one of " + ", ".join(families())),
+    (["info", "--model.family", "bigram", "--preset", "gpt2-124m"],
+     "preset='gpt2-124m' is unknown for model.family='bigram'; choose one of tiny, demo"),
+    (["eval", "/r", "--model.n_layers", "2"], "unknown option '--model.n_layers'"),
+    (["eval", "/r", "--split", "test"], "argument --split: invalid choice: 'test' (choose from 'val', 'train')"),
+    (["eval"], "the following arguments are required: run_dir"),
+    (["tokenizer", "train", "--vocab-size", "300", "--pattern", "o200k"], "invalid choice: 'o200k'"),
+    (["tokenizer", "train"], "the following arguments are required: --vocab-size"),
     (["eval", "/nonexistent/run"], "is missing or unreadable; give the out_dir of a training run"),
     (["eval", "/nonexistent/run", "--batches", "0"], "--batches=0 must be > 0"),
     (["tokenizer", "train", "--vocab-size", "100"], "vocab_size=100 must be >= 257"),

@@ -39,6 +39,24 @@ def test_streamed_greedy_text_equals_the_library(run_dir, capsys):
     assert out == _greedy_text(run_dir, "def f1", 17) + "\n"
 
 
+def test_generation_past_the_context_streams_what_the_library_gives(run_dir, capsys):
+    # tiny: context 32. 70 new tokens slide the window (a full row restarts from its last
+    # window_keep tokens); a prompt longer than the context is cropped to its last 32 tokens.
+    run, params, _ = load_run(run_dir)
+    enc = load_tokenizer(run.data.tokenizer)
+    prompt = "def f12(x):\n    return x + 12\n\ndef f13(x):\n"  # 40 tokens
+    for keep in ("32", "9"):
+        code, out, err = arlm("generate", "--checkpoint", run_dir, "--prompt", prompt.replace("\n", "\\n"),
+                              "--temperature", "0", "--max-new-tokens", "70", "--window-keep", keep,
+                              capsys=capsys)
+        assert code == 0, err
+        res = generate(params, run.model, [encode(enc, prompt)[-32:]], jax.random.key(0), max_new_tokens=70,
+                       stop=[[enc.eot_token]], window_keep=int(keep))
+        ids = [t for t in res.tokens[0, :int(res.lengths[0])].tolist() if t != enc.eot_token]
+        assert len(ids) > 32  # it did go past the context
+        assert out == prompt + decode(enc, ids) + "\n"
+
+
 def test_stop_text_ends_the_stream(run_dir, capsys):
     new = _greedy_text(run_dir, "def f1", 20)[len("def f1"):]
     stop = new[2]  # a character the greedy continuation produces (byte tokenizer: one token)
@@ -69,9 +87,10 @@ def test_batch_samples_and_beams(run_dir, tmp_path, capsys):
     (["--top-p", "1.5"], "sampler.top_p=1.5"),
     (["--top-k", "-2"], "sampler.top_k=-2"),
     (["--temperature", "-1"], "sampler.temperature=-1.0"),
-    (["--max-new-tokens", "500"], "exceeds the context"),
+    (["--max-new-tokens", "500", "--beams", "2"], "exceeds the context"),  # sampling slides its window
     (["--prompt", ""], "empty prompt"),
-    (["--prompt", "x" * 40], "longer than the context"),
+    (["--prompt", "x" * 40, "--beams", "2"], "longer than the context"),  # sampling crops it
+    (["--window-keep", "0", "--max-new-tokens", "60"], "window_keep=0 must be an integer in 1..32"),
     (["--num-samples", "3", "--beams", "2"], "--num-samples=3"),
 ])
 def test_bad_generate_input_is_one_line(run_dir, extra, needle, capsys):
@@ -80,6 +99,18 @@ def test_bad_generate_input_is_one_line(run_dir, extra, needle, capsys):
         args = args[:3]
     code, _, err = arlm(*args, *extra, capsys=capsys)
     one_line_error(code, err, needle)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--prompt", "x", "--top-k", "many"], "argument --top-k: 'many' is not an int"),
+    (["--prompt", "x", "--top-p", "high"], "argument --top-p: 'high' is not a float"),
+    (["--prompt", "x", "--prompts-file", "p.txt"], "argument --prompts-file: not allowed with argument --prompt"),
+    ([], "one of the arguments --prompt --prompts-file is required"),
+    (["--prompt", "x", "--temprature", "0"], "unknown option '--temprature' (did you mean --temperature?)"),
+    (["--prompt", "x", "--mesh.fsdp", "four"], "argument --mesh.fsdp: 'four' is not an int"),
+])
+def test_bad_generate_options_are_one_line(tmp_path, extra, needle, capsys):
+    one_line_error(*arlm("generate", "--checkpoint", tmp_path, *extra, capsys=capsys)[::2], needle)
 
 
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):

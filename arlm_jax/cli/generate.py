@@ -19,23 +19,28 @@ does not fit one device; without one, everything runs on one device.
 
 from __future__ import annotations
 
-import argparse
 import codecs
 import contextlib
 import sys
 from pathlib import Path
 
+import jsonargparse
+
+from arlm_jax.cli.options import Source, add_mesh_options, mesh_from_args, new_parser
 from arlm_jax.errors import ConfigError
 
+NAME = "generate"
+HELP = "generate text from a checkpoint (sampling or beam search)"
+CONFIG_OPTIONS = False
 
-def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("generate", help="generate text from a checkpoint (sampling or beam search)",
-                       description=__doc__.split("\n\n")[2].replace("\n", " "))
+
+def add_parser(subcommands, source: Source) -> jsonargparse.ArgumentParser:
+    p = new_parser(description=__doc__.split("\n\n")[2].replace("\n", " "))
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompt", help="the prompt text (escapes such as \\n are read as written)")
-    src.add_argument("--prompts-file", help="a text file with one prompt per line (a batch)")
-    p.add_argument("--checkpoint", required=True, help="the train.out_dir of a training run")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    src.add_argument("--prompt", type=str, help="the prompt text (escapes such as \\n are read as written)")
+    src.add_argument("--prompts-file", type=str, help="a text file with one prompt per line (a batch)")
+    p.add_argument("--checkpoint", type=str, required=True, help="the train.out_dir of a training run")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (null: the newest)")
     p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate per row")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens")
@@ -47,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--beams", type=int, default=None, help="beam search with this width (ignores sampling flags)")
     p.add_argument("--num-samples", type=int, default=1, help="samples per prompt (with --beams: best beams shown)")
     p.add_argument("--length-penalty", type=float, default=1.0, help="beam score = log p / length ** this")
-    p.add_argument("--draft-checkpoint", default=None,
+    p.add_argument("--draft-checkpoint", type=str, default=None,
                    help="speculative decoding: a smaller model's run folder (same tokenizer) drafts tokens")
     p.add_argument("--prompt-lookup", type=int, default=None,
                    help="speculative decoding without a draft model: match the last N tokens in the text so far")
@@ -55,8 +60,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", default=[], help="stop text (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sampler")
     p.add_argument("--chunk", type=int, default=8, help="tokens per streamed chunk")
-    p.set_defaults(func=cmd_generate)
-    return p  # cli.py adds the --mesh.* options
+    p.add_argument("--window-keep", type=int, default=None,
+                   help="past the context, a full window restarts from its last N tokens (default: the "
+                        "whole context, as nanoGPT crops; smaller refills less often)")
+    add_mesh_options(p)
+    subcommands.add_subcommand(NAME, p, help=HELP)
+    return p
 
 
 def _unescape(text: str) -> str:
@@ -67,7 +76,7 @@ def _unescape(text: str) -> str:
         raise ConfigError(f"bad backslash escape in {text!r}; write a literal backslash as \\\\") from err
 
 
-def _prompts(args: argparse.Namespace) -> list[str]:
+def _prompts(args: jsonargparse.Namespace) -> list[str]:
     if args.prompt is not None:
         return [_unescape(args.prompt)]
     path = Path(args.prompts_file)
@@ -80,7 +89,7 @@ def _prompts(args: argparse.Namespace) -> list[str]:
     return [_unescape(ln) for ln in lines]
 
 
-def _sampler(args: argparse.Namespace):
+def _sampler(args: jsonargparse.Namespace):
     from arlm_jax.decode.sampling import Sampler
     return Sampler(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                    repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
@@ -112,10 +121,9 @@ def _print_rows(enc, texts: list[str], tokens, lengths, num_samples: int) -> Non
         print(texts[r // num_samples] + _text(enc, tokens[r, :int(lengths[r])]))
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def run(args: jsonargparse.Namespace, source: Source) -> int:
     import jax
 
-    from arlm_jax.cli.main import mesh_from_args
     from arlm_jax.data.tokenizer import encode, eot_id, load_tokenizer, tokenizer_identity
     from arlm_jax.train.run_dir import load_run
 
@@ -126,11 +134,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--num-samples={args.num_samples} must be in 1..--beams={args.beams} with beam search")
     texts = _prompts(args)
     sampler = None if args.beams is not None else _sampler(args)
-    mesh = mesh_from_args(args)
-    run, params, meta = load_run(args.checkpoint, args.step, mesh=mesh)
-    enc = load_tokenizer(run.data.tokenizer)
+    mesh = mesh_from_args(args, source)
+    saved, params, meta = load_run(args.checkpoint, args.step, mesh=mesh)
+    enc = load_tokenizer(saved.data.tokenizer)
     if tokenizer_identity(enc) != meta["tokenizer"]:
-        raise ConfigError(f"generate: data.tokenizer={run.data.tokenizer!r} now loads "
+        raise ConfigError(f"generate: data.tokenizer={saved.data.tokenizer!r} now loads "
                           f"{tokenizer_identity(enc)}, not the checkpoint's {meta['tokenizer']}")
     stop = [[eot_id(enc)]] + [encode(enc, _unescape(s)) for s in args.stop if s]
     ids = [encode(enc, t) for t in texts]
@@ -138,7 +146,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError("--prompt: empty prompt; give at least one character")
     key = jax.random.key(args.seed)
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-        return _decode_and_print(args, run, params, meta, enc, texts, ids, stop, key, sampler, mesh)
+        return _decode_and_print(args, saved, params, meta, enc, texts, ids, stop, key, sampler, mesh)
 
 
 def _decode_and_print(args, run, params, meta, enc, texts, ids, stop, key, sampler, mesh) -> int:
@@ -146,10 +154,15 @@ def _decode_and_print(args, run, params, meta, enc, texts, ids, stop, key, sampl
     from arlm_jax.decode.generate import generate, stream
     from arlm_jax.decode.inputs import pad_prompts
     from arlm_jax.data.tokenizer import eot_id
+    from arlm_jax.models import family_of
 
     cfg = run.model
+    ctx = family_of(cfg).context_len(cfg)
+    # Beam search and speculative decoding need room for every new token in the context; plain
+    # sampling slides its window past it, so its prompts are only cropped to the context.
+    room = None if ctx is None else ctx - args.max_new_tokens + 1
     if args.beams is not None:
-        toks, lens = pad_prompts(ids, max_len=cfg.max_len - args.max_new_tokens + 1)
+        toks, lens = pad_prompts(ids, max_len=room)
         res = beam_search(params, cfg, toks, beams=args.beams, max_new_tokens=args.max_new_tokens,
                           n_best=args.num_samples, length_penalty=args.length_penalty,
                           stop=[s[0] for s in stop if len(s) == 1], lengths=lens)
@@ -161,16 +174,20 @@ def _decode_and_print(args, run, params, meta, enc, texts, ids, stop, key, sampl
         return 0
 
     rows = [p for p in ids for _ in range(args.num_samples)]
-    toks, lens = pad_prompts(rows, max_len=cfg.max_len - args.max_new_tokens + 1)
     if args.draft_checkpoint is not None or args.prompt_lookup is not None:
+        toks, lens = pad_prompts(rows, max_len=room)
         return _speculative(args, run, params, enc, meta, texts, toks, lens, key, sampler, stop, mesh)
+    if ctx is not None:  # the last ctx tokens of a longer prompt, as nanoGPT crops
+        rows = [p[-ctx:] for p in rows]
+    toks, lens = pad_prompts(rows, max_len=ctx)
+    slide = {"window_keep": args.window_keep}
     if len(rows) == 1:  # stream
         out = _TextStream(enc)
         sys.stdout.write(texts[0])
         sys.stdout.flush()
         shown = 0
         for chunk, n_out, _ in stream(params, cfg, toks, key, max_new_tokens=args.max_new_tokens,
-                                      sampler=sampler, stop=stop, lengths=lens, chunk=args.chunk):
+                                      sampler=sampler, stop=stop, lengths=lens, chunk=args.chunk, **slide):
             real = chunk[0, :int(n_out[0]) - shown].tolist()
             shown += len(real)
             sys.stdout.write(out([t for t in real if t != eot_id(enc)]))
@@ -178,7 +195,7 @@ def _decode_and_print(args, run, params, meta, enc, texts, ids, stop, key, sampl
         sys.stdout.write(out([], final=True) + "\n")
         return 0
     res = generate(params, cfg, toks, key, max_new_tokens=args.max_new_tokens, sampler=sampler,
-                   stop=stop, lengths=lens)
+                   stop=stop, lengths=lens, **slide)
     _print_rows(enc, texts, res.tokens, res.lengths, args.num_samples)
     return 0
 

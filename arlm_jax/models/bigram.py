@@ -33,12 +33,18 @@ Array = jax.Array
 class BigramConfig:
     """Shape of the toy ``bigram`` family (``--model.family bigram``)."""
 
-    family: str = "bigram"  # the model family (--model.family): bigram
-    vocab_size: int = 257  # token ids; `arlm train` sets it to the tokenizer's unless given
-    d_model: int = 64  # width of the embedding and of the moving average
-    decay: float = 0.5  # weight of the past in the moving average, in [0, 1); 0 = plain bigram
-    dtype: str = "float32"  # compute dtype (float32 or bfloat16); params and logits stay float32
-    init_std: float = 0.02  # std of the normal init
+    family: str = "bigram"
+    """the model family (--model.family): bigram"""
+    vocab_size: int = 257
+    """token ids; `arlm train` sets it to the tokenizer's unless given"""
+    d_model: int = 64
+    """width of the embedding and of the moving average"""
+    decay: float = 0.5
+    """weight of the past in the moving average, in [0, 1); 0 = plain bigram"""
+    dtype: str = "float32"
+    """compute dtype (float32 or bfloat16); params and logits stay float32"""
+    init_std: float = 0.02
+    """std of the normal init"""
 
     def validate(self) -> "BigramConfig":
         for name in ("vocab_size", "d_model", "init_std"):

@@ -23,29 +23,52 @@ class TransformerConfig:
       K kv heads, G = H // K query heads per kv head, E head_dim, F d_ff, V vocab, L layers.
     """
 
-    family: str = "transformer"  # the model family (--model.family): transformer
-    vocab_size: int = 257  # token ids; `arlm train` sets it to the tokenizer's unless given
-    n_layers: int = 2  # Transformer blocks
-    n_heads: int = 4  # query heads; head_dim = d_model / n_heads
-    n_kv_heads: int | None = None  # None -> n_heads (MHA); 1 -> MQA; else GQA
-    d_model: int = 64  # residual stream width
-    d_ff: int | None = None  # None -> 4*d_model (gelu) or 8/3*d_model rounded to 64 (swiglu)
-    max_len: int = 128  # context length: longest sequence the model is trained / decoded at
-    pos: str = "learned"  # learned | sinusoidal | rope | alibi | relative
-    norm: str = "layernorm"  # layernorm | rmsnorm
-    norm_position: str = "pre"  # pre | post
-    mlp: str = "gelu"  # gelu | swiglu
-    tie_embeddings: bool = True  # output projection = token embedding transposed
-    bias: bool = True  # biases in attention / MLP projections and layernorm
-    dropout: float = 0.0  # applied only when forward() is given a dropout key
-    dtype: str = "float32"  # compute dtype; params, softmax and loss stay float32
-    remat: str = "none"  # none | full | dots (save matmul outputs only)
-    scan_unroll: int = 1  # blocks per lax.scan iteration (n_layers unrolls fully: faster steps, slower compile)
-    rope_theta: float = 10000.0  # RoPE base frequency
-    rel_buckets: int = 32  # T5 relative-position buckets
-    rel_max_distance: int = 128  # T5 relative positions: distance of the last bucket
-    norm_eps: float = 1e-5  # epsilon inside the norms
-    init_std: float = 0.02  # std of the normal init (residual outputs also / sqrt(2 n_layers))
+    family: str = "transformer"
+    """the model family (--model.family): transformer"""
+    vocab_size: int = 257
+    """token ids; `arlm train` sets it to the tokenizer's unless given"""
+    n_layers: int = 2
+    """Transformer blocks"""
+    n_heads: int = 4
+    """query heads; head_dim = d_model / n_heads"""
+    n_kv_heads: int | None = None
+    """None -> n_heads (MHA); 1 -> MQA; else GQA"""
+    d_model: int = 64
+    """residual stream width"""
+    d_ff: int | None = None
+    """None -> 4*d_model (gelu) or 8/3*d_model rounded to 64 (swiglu)"""
+    max_len: int = 128
+    """context length: longest sequence the model is trained / decoded at"""
+    pos: str = "learned"
+    """learned | sinusoidal | rope | alibi | relative"""
+    norm: str = "layernorm"
+    """layernorm | rmsnorm"""
+    norm_position: str = "pre"
+    """pre | post"""
+    mlp: str = "gelu"
+    """gelu | swiglu"""
+    tie_embeddings: bool = True
+    """output projection = token embedding transposed"""
+    bias: bool = True
+    """biases in attention / MLP projections and layernorm"""
+    dropout: float = 0.0
+    """applied only when forward() is given a dropout key"""
+    dtype: str = "float32"
+    """compute dtype; params, softmax and loss stay float32"""
+    remat: str = "none"
+    """none | full | dots (save matmul outputs only)"""
+    scan_unroll: int = 1
+    """blocks per lax.scan iteration (n_layers unrolls fully: faster steps, slower compile)"""
+    rope_theta: float = 10000.0
+    """RoPE base frequency"""
+    rel_buckets: int = 32
+    """T5 relative-position buckets"""
+    rel_max_distance: int = 128
+    """T5 relative positions: distance of the last bucket"""
+    norm_eps: float = 1e-5
+    """epsilon inside the norms"""
+    init_std: float = 0.02
+    """std of the normal init (residual outputs also / sqrt(2 n_layers))"""
 
     # ---- derived -------------------------------------------------------------------
     @property
