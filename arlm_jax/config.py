@@ -126,7 +126,7 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class MeshConfig:
-    """The device mesh of a run (sharding.py): sizes of the data, fsdp and tensor axes."""
+    """The device mesh of a run (parallel/mesh.py): sizes of the data, fsdp and tensor axes."""
 
     data: int = 1
     """data-parallel replicas (-1: the devices left over)"""

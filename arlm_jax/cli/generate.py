@@ -12,7 +12,7 @@ One prompt and one sample stream to stdout in chunks of ``--chunk`` tokens (ever
 one compiled program); a batch (several prompts or samples) prints each row when all are done.
 Generation stops at <|endoftext|> and at every ``--stop`` text (matched as the token sequence
 the tokenizer gives that text; exact with the byte tokenizer). Any ``--mesh.*`` option restores
-the checkpoint onto a device mesh (sharding.py's rule table: weights over fsdp and tensor, the
+the checkpoint onto a device mesh (parallel/rules.py's rule table: weights over fsdp and tensor, the
 KV cache's rows over data x fsdp and its heads over tensor) and decodes there, for a model that
 does not fit one device; without one, everything runs on one device.
 """

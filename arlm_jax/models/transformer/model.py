@@ -3,7 +3,7 @@
 Parameters are a plain nested dict of float32 arrays. The blocks are stacked on a leading
 layer axis L and, for training, run with ``lax.scan``, so compile time does not grow with
 depth. Decoding (a forward with a KV cache, or blocks split by ``unstack_blocks``) unrolls the
-layers instead, so each reads its own weights and cache buffer in place; see kvcache.py.
+layers instead, so each reads its own weights and cache buffer in place; see cache.py.
 Rematerialisation applies to the scanned form.
 
 Parameter tree (shapes; optional entries depend on the config):
