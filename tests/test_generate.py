@@ -1,5 +1,7 @@
 """The decoding engine against its slow twins: cached vs full forward, generate vs a no-cache loop."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -175,22 +177,26 @@ def test_pad_prompts_rejects_empty_prompt():
         A.pad_prompts([[1, 2], []])
 
 
+def decode_loop_body(params, cfg, state, n_steps: int) -> str:
+    """The compiled HLO text of the body of ``decode``'s ``n_steps``-step loop."""
+    from arlm_jax.decode.generate import decode
+    hlo = jax.jit(decode, static_argnums=(1, 3)).lower(params, cfg, state, n_steps).compile().as_text()
+    comps = re.split(r"\n(?=\S)", hlo)
+    loop = next(c for c in comps if f'"known_trip_count":{{"n":"{n_steps}"}}' in c)
+    body_name = re.search(r"body=%([\w.\-]+)", loop).group(1)
+    return next(c for c in comps if c.lstrip("%").startswith(body_name + " "))
+
+
 @pytest.mark.parametrize("rows", [[[1, 2, 3], [4, 5]], [[1, 2, 3]]])
 def test_decode_loop_updates_the_cache_in_place(rows):
     """The compiled decode loop carries the KV cache without copying it: no copy of a cache-shaped
     buffer inside the while body, with several rows and with one. Attention reads the old cache
     before the write (model.py); written first, XLA:CPU copied every buffer on every one-row step."""
-    import re
-
-    from arlm_jax.decode.generate import decode, prefill
+    from arlm_jax.decode.generate import prefill
     cfg, params = _model(n_kv_heads=2)
     toks, lens = A.pad_prompts(rows, bucket=4)
     state, _, _ = prefill(params, cfg, jnp.asarray(toks), jnp.asarray(lens), jax.random.key(0), 16)
-    hlo = jax.jit(decode, static_argnums=(1, 3)).lower(params, cfg, state, 9).compile().as_text()
-    comps = re.split(r"\n(?=\S)", hlo)
-    loop = next(c for c in comps if '"known_trip_count":{"n":"9"}' in c)
-    body_name = re.search(r"body=%([\w.\-]+)", loop).group(1)
-    body = next(c for c in comps if c.lstrip("%").startswith(body_name + " "))
+    body = decode_loop_body(params, cfg, state, 9)
     cache_shape = f"f32[{len(rows)},2,16,8]"  # [B, K, S, E]
     assert cache_shape in body  # the cache is in the loop ...
     copies = [ln for ln in body.splitlines() if " copy(" in ln and cache_shape in ln]

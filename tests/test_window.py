@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 import arlm_jax as A
-from arlm_jax.decode.generate import _decode_jit, _generate, decode, prefill
+from arlm_jax.decode.generate import _decode_jit, _generate, prefill
 from arlm_jax.decode.sampling import sample
 from arlm_jax.decode.window import plan
 from arlm_jax.errors import ConfigError
 from arlm_jax.models import families, family_of
 from conftest import randomise, tiny
+from test_generate import decode_loop_body
 
 CTX = 16  # context length of every model here
 N_NEW = 40  # new tokens: the window slides several times
@@ -170,11 +171,7 @@ def test_sliding_decode_loop_updates_the_cache_in_place(rows):
     cfg, params = _model(n_kv_heads=2)
     toks, lens = A.pad_prompts(rows, bucket=4)
     state, _, _ = prefill(params, cfg, jnp.asarray(toks), jnp.asarray(lens), jax.random.key(0), CTX, keep=8)
-    hlo = jax.jit(decode, static_argnums=(1, 3)).lower(params, cfg, state, 9).compile().as_text()
-    comps = re.split(r"\n(?=\S)", hlo)
-    loop = next(c for c in comps if '"known_trip_count":{"n":"9"}' in c)
-    body_name = re.search(r"body=%([\w.\-]+)", loop).group(1)
-    body = next(c for c in comps if c.lstrip("%").startswith(body_name + " "))
+    body = decode_loop_body(params, cfg, state, 9)
     cache_shape = f"f32[{len(rows)},2,{CTX},8]"  # [B, K, S, E]
     assert cache_shape in body and " conditional(" in body  # the cache and the refill are in the loop ...
     copies = [ln for ln in body.splitlines() if " copy(" in ln and cache_shape in ln]
