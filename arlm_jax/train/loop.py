@@ -228,7 +228,7 @@ def run_steps(r: OpenRun) -> TrainState:
     return state
 
 
-def fit_counts(r: OpenRun, fit: Callable) -> TrainState:
+def run_fit(r: OpenRun, fit: Callable) -> TrainState:
     """A family's own fitting step (``Family.fit``) in place of the steps; saved as the final
     step, with the optimizer state a fresh one so the checkpoint has the usual tree."""
     tc = r.run.train
@@ -280,5 +280,5 @@ def train(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
     process 0 alone prints and writes config.json, metrics.jsonl and the plot."""
     r = open_run(run, resume=resume, out=out, enc=enc)
     fit = family_of(run.model).fit
-    state = run_steps(r) if fit is None else fit_counts(r, fit)
+    state = run_steps(r) if fit is None else run_fit(r, fit)
     return finish(r, state)

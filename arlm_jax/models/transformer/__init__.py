@@ -8,7 +8,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from arlm_jax.models.api import Family, register
+from arlm_jax.models.api import Family, register, take_rows
 from arlm_jax.models.transformer import axes, cache, flops, model
 from arlm_jax.models.transformer.config import PRESETS, TransformerConfig
 
@@ -51,7 +51,7 @@ FAMILY = register(Family(
     flops_per_token=flops.flops_per_token,
     describe=describe,
     decode_params=lambda params, cfg: model.unstack_blocks(params),
-    reorder=cache.select_rows,
+    reorder=take_rows,  # a KVCache is a pytree of batch-leading arrays
     rollback=rollback,
     unrolled=lambda cfg, n: dataclasses.replace(cfg, n_layers=n, scan_unroll=n),
     depth=lambda cfg: cfg.n_layers,

@@ -11,6 +11,7 @@ from typing import Any
 import jax
 
 from arlm_jax.errors import ConfigError
+from arlm_jax.parallel.shardings import path_keys
 
 # One block's weights (a stacked tree adds "layers" in front).
 _BLOCK_AXES = {
@@ -31,10 +32,6 @@ _TOP_AXES = {("embed", "tok"): ("vocab", "embed"), ("embed", "pos"): ("length", 
 CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")
 
 
-def _keys(path: tuple) -> tuple[str, ...]:
-    return tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
-
-
 def _leaf_axes(keys: tuple[str, ...], ndim: int) -> tuple | None:
     for top, axes in _TOP_AXES.items():
         if keys[-len(top):] == top and len(axes) == ndim:
@@ -51,9 +48,9 @@ def _leaf_axes(keys: tuple[str, ...], ndim: int) -> tuple | None:
 def param_axes(params: Any) -> Any:
     """A tree like ``params`` (arrays or ShapeDtypeStructs) of tuples of logical axis names."""
     def axes(path: tuple, leaf: Any) -> tuple:
-        found = _leaf_axes(_keys(path), len(leaf.shape))
+        found = _leaf_axes(path_keys(path), len(leaf.shape))
         if found is None:
-            raise ConfigError(f"transformer: no logical axes for parameter {'/'.join(_keys(path))} "
+            raise ConfigError(f"transformer: no logical axes for parameter {'/'.join(path_keys(path))} "
                               f"of shape {tuple(leaf.shape)}; add it to models/transformer/axes.py")
         return found
     return jax.tree_util.tree_map_with_path(axes, params)

@@ -78,8 +78,3 @@ def write(buf: Array, new: Array, starts: Array) -> Array:
     return buf.at[rows, :, slots, :].set(new.astype(buf.dtype), unique_indices=True,
                                          indices_are_sorted=True, mode="drop")
 
-
-def select_rows(cache: KVCache, rows: Array) -> KVCache:
-    """Cache of the given rows, in that order (beam search reorders beams with it). rows int32 [B']."""
-    take = lambda bufs: tuple(b[rows] for b in bufs)  # noqa: E731
-    return KVCache(k=take(cache.k), v=take(cache.v), lengths=cache.lengths[rows])
