@@ -202,6 +202,41 @@ def _pv(w: Array, vt: Array, dtype) -> Array:
 
 
 # ---- MLP and dropout ---------------------------------------------------------------------
+def dense(x: Array, w: Array, b: Array | None = None) -> Array:
+    """x [..., N] @ w [N, M] (+ b [M]) -> [..., M], computed as one 2-D matmul [prod(...), N] x
+    [N, M]. On XLA:CPU a 3-D activation times a 2-D weight made the backward pass transpose
+    its [B, T, M] cotangent in a slow loop fusion; the flat form keeps plain GEMMs in both
+    directions (docs/benchmarks.md, issue 13)."""
+    y = (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
+    return y if b is None else y + b
+
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+@jax.custom_vjp
+def gelu_tanh(x: Array) -> Array:
+    """GPT-2's tanh-approximated GELU, the same values as ``jax.nn.gelu(x, approximate=True)``.
+
+    Its own backward saves only ``x`` and recomputes the tanh: autodiff of the formula keeps
+    five [.., F] intermediates per layer alive for the backward pass, which on XLA:CPU cost
+    more than the matmuls around it."""
+    return 0.5 * x * (1.0 + jnp.tanh(_GELU_C * (x + 0.044715 * x * x * x)))
+
+
+def _gelu_tanh_fwd(x: Array) -> tuple[Array, Array]:
+    return gelu_tanh(x), x
+
+
+def _gelu_tanh_bwd(x: Array, g: Array) -> tuple[Array]:
+    th = jnp.tanh(_GELU_C * (x + 0.044715 * x * x * x))
+    dth = (1.0 - th * th) * _GELU_C * (1.0 + 3 * 0.044715 * x * x)
+    return (g * (0.5 * (1.0 + th) + 0.5 * x * dth),)
+
+
+gelu_tanh.defvjp(_gelu_tanh_fwd, _gelu_tanh_bwd)
+
+
 def mlp(p: dict, x: Array, kind: str) -> Array:
     """Position-wise feed-forward. x [B, T, D] -> [B, T, D].
 
@@ -209,16 +244,10 @@ def mlp(p: dict, x: Array, kind: str) -> Array:
     swiglu: w_gate, w_up [D, F], w_down [F, D] (LLaMA).
     """
     if kind == "swiglu":
-        h = jax.nn.silu(x @ p["w_gate"]) * (x @ p["w_up"])
-        return h @ p["w_down"]
-    h = x @ p["w_in"]
-    if "b_in" in p:
-        h = h + p["b_in"]
-    h = jax.nn.gelu(h, approximate=True)
-    out = h @ p["w_out"]
-    if "b_out" in p:
-        out = out + p["b_out"]
-    return out
+        h = jax.nn.silu(dense(x, p["w_gate"])) * dense(x, p["w_up"])
+        return dense(h, p["w_down"])
+    h = gelu_tanh(dense(x, p["w_in"], p.get("b_in")))
+    return dense(h, p["w_out"], p.get("b_out"))
 
 
 def dropout(x: Array, rate: float, key: Array) -> Array:

@@ -95,7 +95,7 @@ def _attention_block(p: dict, x: Array, positions: Array, mask: Array, bias: Arr
     # Projections as plain [.., D] x [D, N*E] matmuls on reshaped (bitcast) weights: with the
     # 3-index einsum XLA:CPU picked layouts that copied wo ([H, E, D]) on every decode step.
     b, t, d = x.shape
-    proj = lambda w: (x @ w.reshape(d, -1)).reshape(b, t, w.shape[1], w.shape[2])  # noqa: E731
+    proj = lambda w: layers.dense(x, w.reshape(d, -1)).reshape(b, t, w.shape[1], w.shape[2])  # noqa: E731
     q, k, v = proj(p["wq"]), proj(p["wk"]), proj(p["wv"])
     if "bq" in p:
         q, k, v = q + p["bq"], k + p["bk"], v + p["bv"]
@@ -115,10 +115,7 @@ def _attention_block(p: dict, x: Array, positions: Array, mask: Array, bias: Arr
         after = 0.0 * o.reshape(b, t, k.shape[2], -1)[..., :1]
         k_buf, v_buf = kvcache.write(k_buf, k + after, starts), kvcache.write(v_buf, v + after, starts)
         kv = (k_buf, v_buf, starts)
-    out = o.reshape(b, t, -1) @ p["wo"].reshape(-1, d)
-    if "bo" in p:
-        out = out + p["bo"]
-    return out, kv
+    return layers.dense(o.reshape(b, t, -1), p["wo"].reshape(-1, d), p.get("bo")), kv
 
 
 def _block(cfg: ModelConfig, x: Array, p: dict, key: Array | None, positions: Array, mask: Array,
