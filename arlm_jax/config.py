@@ -16,6 +16,7 @@ from arlm_jax.errors import ConfigError, check_choice, check_positive
 from arlm_jax.models import get_family
 
 SCHEDULES = ("cosine", "constant", "wsd")
+OPTIMIZERS = ("adamw", "muon")
 DEFAULT_SEQ_LEN = 128  # training windows of a family without a context length (e.g. an RNN)
 
 
@@ -47,7 +48,7 @@ class TrainConfig:
     decay_fraction: float = 0.2
     """wsd: last fraction of steps that decays"""
     weight_decay: float = 0.1
-    """AdamW decoupled weight decay of the matmul weights"""
+    """decoupled weight decay of the matmul weights (AdamW's, and Muon's matrices)"""
     decay_norms_biases_embeddings: bool = False
     """also decay norms, biases and embeddings"""
     beta1: float = 0.9
@@ -56,6 +57,12 @@ class TrainConfig:
     """AdamW second-moment decay"""
     eps: float = 1e-8
     """AdamW epsilon"""
+    optimizer: str = "adamw"
+    """adamw | muon (Muon on the hidden matrices, AdamW on the rest; docs/optimizers.md)"""
+    muon_lr: float = 0.02
+    """muon: peak learning rate of the hidden matrices (the AdamW rest keeps lr; same schedule)"""
+    muon_beta: float = 0.95
+    """muon: Nesterov momentum of the hidden matrices"""
     grad_clip: float = 1.0
     """global-norm clipping; 0 disables"""
     z_loss: float = 0.0
@@ -77,9 +84,13 @@ class TrainConfig:
     progress: bool = True
     """live progress bar (off: a log line every log_every steps)"""
     sample_prompt: str = "def "
-    """prompt of the greedy sample printed at the end"""
+    """prompt of the sample printed at the end"""
     sample_tokens: int = 120
     """tokens in that sample (0: no sample)"""
+    sample_temperature: float = 0.8
+    """temperature of that sample (0: greedy)"""
+    sample_top_p: float = 0.95
+    """nucleus (top-p) mass of that sample (1: off)"""
 
     def validate(self) -> "TrainConfig":
         p = "train"
@@ -92,7 +103,14 @@ class TrainConfig:
         for name in ("warmup_steps", "weight_decay", "grad_clip", "z_loss", "min_lr_ratio", "eps"):
             check_positive(self, name, p, allow_zero=True)
         check_positive(self, "sample_tokens", p, allow_zero=True)
+        check_positive(self, "sample_temperature", p, allow_zero=True)
+        if not 0.0 < self.sample_top_p <= 1.0:
+            raise ConfigError(f"train.sample_top_p={self.sample_top_p} must be in (0, 1]")
         check_choice(self, "schedule", SCHEDULES, p)
+        check_choice(self, "optimizer", OPTIMIZERS, p)
+        check_positive(self, "muon_lr", p)
+        if not 0.0 <= self.muon_beta < 1.0:
+            raise ConfigError(f"train.muon_beta={self.muon_beta} must be in [0, 1)")
         if not 0.0 < self.decay_fraction <= 1.0:
             raise ConfigError(f"train.decay_fraction={self.decay_fraction} must be in (0, 1]")
         if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):

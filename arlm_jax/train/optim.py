@@ -1,16 +1,22 @@
 """The optimizer: AdamW with warmup and a cosine, constant or warmup-stable-decay schedule,
-global-norm clipping, and a weight-decay mask derived from the parameters' logical axes."""
+global-norm clipping, and a weight-decay mask derived from the parameters' logical axes.
+
+With ``train.optimizer="muon"`` the hidden matrices (``muon_dims``) take ``optax.contrib.muon``
+instead and everything else keeps AdamW; docs/optimizers.md describes the routing.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import optax
+from optax.contrib import MuonDimensionNumbers, muon
 
 from arlm_jax.config import TrainConfig
 from arlm_jax.models import family_of
-from arlm_jax.models.api import decays
+from arlm_jax.models.api import FEATURE_AXES, decays
 
 
 def lr_schedule(tc: TrainConfig) -> optax.Schedule:
@@ -40,14 +46,69 @@ def weight_decay_mask(axes: Any, decay_all: bool = False) -> Any:
     return jax.tree.map(lambda names: decay_all or decays(names), axes, is_leaf=lambda x: isinstance(x, tuple))
 
 
-def make_optimizer(tc: TrainConfig, cfg: Any) -> optax.GradientTransformation:
-    """AdamW on the schedule, after global-norm clipping (``grad_clip`` 0 disables clipping).
+def muon_dims(axes: tuple) -> MuonDimensionNumbers | None:
+    """How Muon sees a parameter with these logical axes, or None when AdamW keeps it.
 
-    ``cfg`` is the model's config: its family's ``param_axes`` give the decay mask."""
-    decay_all, param_axes = tc.decay_norms_biases_embeddings, family_of(cfg).param_axes
-    adamw = optax.adamw(lr_schedule(tc), b1=tc.beta1, b2=tc.beta2, eps=tc.eps,
-                        weight_decay=tc.weight_decay,
-                        mask=lambda params: weight_decay_mask(param_axes(params), decay_all))
+    Muon takes the hidden matrices: matmul weights (``decays``) that touch no vocabulary axis,
+    so not the token embedding or the output head, nor positional tables, norms or biases.
+    Every "layers" axis is a batch axis (a stack of independent matrices, each orthogonalised
+    alone). The rest split at the second feature axis: the axes before it are the matrix's
+    input (reduction) dims, it and those after it the output dims, so attention's wq
+    [L, D, H, E] is L matrices D x (H*E) and wo [L, H, E, D] is L matrices (H*E) x D.
+    """
+    if not decays(axes) or "vocab" in axes:
+        return None
+    dims = [i for i, name in enumerate(axes) if name != "layers"]
+    split = [i for i in dims if axes[i] in FEATURE_AXES][1]
+    return MuonDimensionNumbers(reduction_axis=tuple(i for i in dims if i < split),
+                                output_axis=tuple(i for i in dims if i >= split))
+
+
+def muon_dimension_numbers(axes: Any) -> Any:
+    """A tree like the parameters: ``muon_dims`` of each leaf's logical axes (``axes``, from
+    ``Family.param_axes``), None for the leaves AdamW keeps (optax.contrib.muon's convention)."""
+    return jax.tree.map(muon_dims, axes, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def muon_mask(axes: Any) -> Any:
+    """A tree like the parameters of bools: True for the leaves Muon takes."""
+    return jax.tree.map(lambda names: muon_dims(names) is not None, axes,
+                        is_leaf=lambda x: isinstance(x, tuple))
+
+
+def _adamw(tc: TrainConfig, decay_mask: Any) -> optax.GradientTransformation:
+    return optax.adamw(lr_schedule(tc), b1=tc.beta1, b2=tc.beta2, eps=tc.eps,
+                       weight_decay=tc.weight_decay, mask=decay_mask)
+
+
+def _muon_and_adamw(tc: TrainConfig, cfg: Any) -> optax.GradientTransformation:
+    """Muon on the hidden matrices and AdamW on the rest, routed explicitly by ``muon_dims``.
+
+    The routing and the decay mask are computed once, from the abstract parameters of ``cfg``:
+    inside ``optax.partition`` each group sees the other group's leaves as MaskedNode
+    placeholders, which a family's ``param_axes`` need not understand. Every leaf of the Muon
+    group has dimension numbers, so ``optax.contrib.muon``'s own Adam fallback (which would
+    take any leaf given None) stays empty."""
+    family = family_of(cfg)
+    axes = family.param_axes(jax.eval_shape(lambda: family.init(jax.random.key(0), cfg)))
+    labels = jax.tree.map(lambda on: "muon" if on else "adamw", muon_mask(axes))
+    matrices = muon(lr_schedule(dataclasses.replace(tc, lr=tc.muon_lr)), beta=tc.muon_beta,
+                    weight_decay=tc.weight_decay, muon_weight_dimension_numbers=muon_dimension_numbers(axes))
+    rest = _adamw(tc, weight_decay_mask(axes, tc.decay_norms_biases_embeddings))
+    return optax.partition({"muon": matrices, "adamw": rest}, labels)
+
+
+def make_optimizer(tc: TrainConfig, cfg: Any) -> optax.GradientTransformation:
+    """AdamW (or Muon plus AdamW: ``train.optimizer``) on the schedule, after global-norm
+    clipping of all the gradients together (``grad_clip`` 0 disables clipping).
+
+    ``cfg`` is the model's config: its family's ``param_axes`` give the decay mask and the
+    Muon routing."""
+    if tc.optimizer == "muon":
+        tx = _muon_and_adamw(tc, cfg)
+    else:
+        decay_all, param_axes = tc.decay_norms_biases_embeddings, family_of(cfg).param_axes
+        tx = _adamw(tc, lambda params: weight_decay_mask(param_axes(params), decay_all))
     if tc.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(tc.grad_clip), adamw)
-    return adamw
+        return optax.chain(optax.clip_by_global_norm(tc.grad_clip), tx)
+    return tx
