@@ -6,14 +6,21 @@ Both sides run the same GPT-2-architecture model (random weights, perturbed so b
 are not 0/1) in float32: a 16-token random prompt, 128 new tokens, batch 1 and 8, greedy and
 top-p 0.9 sampling. HF runs ``GPT2LMHeadModel.generate`` (use_cache, min_new_tokens=128) with our
 weights copied in; greedy tokens of both sides are compared after checking that full-sequence
-logits agree. Runs alternate (ours, theirs, ours, ...) with a 0.3 s pause before each, so neither
-side is timed against the other's spinning worker threads; figures are medians.
+logits agree. Each side runs in its own process (this script again, with a hidden ``--worker
+ours`` or ``--worker theirs``: the first never imports torch, the second never imports jax, and
+reads our weights and reference logits from a temporary folder that a "prepare" process wrote),
+so neither side is timed against the other runtime's spinning worker threads. Per model, the
+processes alternate ours, theirs, ours, theirs, ... for ``--rounds`` rounds
+(experiments/alternate.py); each compiles or warms up every case (batch, sampler) once, then times
+it ``--repeats`` times. Figures are medians over every timed call of every round and the ratio is
+the ratio of the two medians; the JSON also holds each round's medians and ratio.
 
 Our weights are put in the decode layout once before timing (``unstack_blocks``: one array per
-layer, as a model is loaded once); ours is timed three ways: the public ``generate`` end to end (-> new tokens/s, the ratio), and
-``prefill`` and the 127-step ``decode`` scan, each in its own ``jax.jit`` (-> prefill ms and decode
-ms per step). The roofline fraction is the bytes one decode step must read (formula in the JSON)
-/ step time / the memory bandwidth of a ~1 GiB in-place float32 update measured in the same run.
+layer, as a model is loaded once); ours is timed three ways: the public ``generate`` end to end
+(-> new tokens/s, the ratio), and ``prefill`` and the 127-step ``decode`` scan, each in its own
+``jax.jit`` (-> prefill ms and decode ms per step). The roofline fraction is the bytes one decode
+step must read (formula in the JSON) / step time / the memory bandwidth of a ~1 GiB in-place
+float32 update, measured in each of our processes (the median of those readings).
 
 Targets (CPU, float32): gpt2-124m >= 2x HF tokens/s at batch 1 and >= 3x at batch 8; small
 >= 10x at batch 1; gpt2-124m batch 1 decode at >= 60% of the measured bandwidth roofline.
@@ -31,37 +38,51 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train import gpt2_arch, torch_available  # noqa: E402
-from results_io import write_result  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+from alternate import (
+    METHOD,
+    METHOD_ALONE,
+    add_worker_args,
+    alternate,
+    emit,
+    importable,
+    run_worker,
+    speed_ratios,
+    summary,
+)
+from bench_train import gpt2_arch, hf_dims, model_config
+from results_io import write_result
 
-from arlm_jax import ModelConfig  # noqa: E402
-from arlm_jax.analysis.flops import param_count  # noqa: E402
-from arlm_jax.decode.generate import decode, generate, prefill  # noqa: E402
-from arlm_jax.models.transformer.model import unstack_blocks  # noqa: E402
-from arlm_jax.models.transformer.model import forward, init  # noqa: E402
-from arlm_jax.decode.sampling import Sampler  # noqa: E402
+if TYPE_CHECKING:
+    from arlm_jax import ModelConfig
+    from arlm_jax.decode.sampling import Sampler
 
+# jax and arlm_jax (which imports jax) are imported inside the functions of our side, torch inside
+# those of theirs, so that each worker process loads one runtime only.
+
+SCRIPT = str(Path(__file__).resolve())
 PROMPT_LEN, NEW_TOKENS = 16, 128
+# name -> ModelConfig preset (bench_train.model_config)
 MODELS = {
-    "small": ModelConfig(vocab_size=65, n_layers=4, n_heads=4, d_model=128, max_len=PROMPT_LEN + NEW_TOKENS),
-    "gpt2-124m": ModelConfig.gpt2_124m(),
-    "gpt2-1.5b": ModelConfig.gpt2_1_5b(),  # accelerators only: ~6 GB of float32 weights
+    "small": {"vocab_size": 65, "n_layers": 4, "n_heads": 4, "d_model": 128, "max_len": PROMPT_LEN + NEW_TOKENS},
+    "gpt2-124m": "gpt2_124m",
+    "gpt2-1.5b": "gpt2_1_5b",  # accelerators only: ~6 GB of float32 weights
 }
-SAMPLERS = {"greedy": None, "top_p": Sampler(temperature=1.0, top_p=0.9)}
+SAMPLERS = ("greedy", "top_p")
 HF_SAMPLING = {"greedy": {"do_sample": False},
                "top_p": {"do_sample": True, "top_p": 0.9, "top_k": 0, "temperature": 1.0}}
 RATIO_TARGETS = {("gpt2-124m", 1): 2.0, ("gpt2-124m", 8): 3.0, ("small", 1): 10.0}
@@ -70,10 +91,42 @@ BYTES_FORMULA = ("bytes/step = itemsize * [(n_params - max_len*D)  (every weight
                  "embedding counted once, as the output matrix; learned-position rows excluded) "
                  "+ 2*L*B*K*E*(T + N/2)  (k and v of the filled cache slots, averaged over the "
                  "N-1 decode steps: step j attends over T+j slots)]")
+CONFIG_FIELDS = ("vocab_size", "n_layers", "n_heads", "d_model", "ff_dim", "max_len", "pos", "norm", "mlp",
+                 "tie_embeddings", "bias", "dtype")
+
+
+def model_names(model: str) -> list[str]:
+    return ["small", "gpt2-124m"] if model == "both" else [model]
+
+
+def cases(args: argparse.Namespace) -> list[tuple[int, str]]:
+    """(batch, sampler) of every case, in the order both sides run them."""
+    samplers = list(SAMPLERS) if args.sampler == "both" else [args.sampler]
+    return [(b, s) for b in args.batch for s in samplers]
+
+
+def case_prompts(vocab: int, batch: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, vocab, (batch, PROMPT_LEN), dtype=np.int32)
+
+
+def logit_check_tokens(vocab: int) -> np.ndarray:
+    """The random batch [2, 32] on which both sides' full-sequence logits are compared."""
+    return np.random.default_rng(1).integers(0, vocab, (2, 32), dtype=np.int32)
+
+
+# ---- ours: the public generate, and prefill / decode each in its own jit ------------------------
+def our_sampler(name: str) -> Sampler | None:
+    from arlm_jax.decode.sampling import Sampler
+
+    return {"greedy": None, "top_p": Sampler(temperature=1.0, top_p=0.9)}[name]
 
 
 def perturbed_params(cfg: ModelConfig, seed: int = 0) -> dict:
     """``init`` plus 0.02 * N(0, 1) on every leaf, so biases and norm parameters are not 0 / 1."""
+    import jax
+
+    from arlm_jax.models.transformer.model import init
+
     k_init, k_noise = jax.random.split(jax.random.key(seed))
     params = init(k_init, cfg)
     leaves, tree = jax.tree.flatten(params)
@@ -84,6 +137,9 @@ def perturbed_params(cfg: ModelConfig, seed: int = 0) -> dict:
 
 def measure_bandwidth(n_bytes: int = 1 << 30, repeats: int = 5) -> dict:
     """Memory bandwidth of ``x + 1`` in place (donated) on a float32 array, read + write bytes."""
+    import jax
+    import jax.numpy as jnp
+
     x = jnp.zeros((n_bytes // 4,), jnp.float32)
     f = jax.jit(lambda a: a + 1.0, donate_argnums=0)  # + 1, not + 0: XLA folds x + 0 away
     x = jax.block_until_ready(f(x))
@@ -100,6 +156,10 @@ def measure_bandwidth(n_bytes: int = 1 << 30, repeats: int = 5) -> dict:
 
 
 def bytes_per_step(cfg: ModelConfig, params: dict, batch: int) -> int:
+    import jax.numpy as jnp
+
+    from arlm_jax.analysis.flops import param_count
+
     item = jnp.dtype(cfg.dtype).itemsize
     weights = param_count(params) - (cfg.max_len * cfg.d_model if cfg.pos == "learned" else 0)
     kv = 2 * cfg.n_layers * batch * cfg.kv_heads * cfg.head_dim * (PROMPT_LEN + NEW_TOKENS / 2)
@@ -107,23 +167,23 @@ def bytes_per_step(cfg: ModelConfig, params: dict, batch: int) -> int:
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    import jax
+
     t0 = time.perf_counter()
     out = jax.block_until_ready(fn(*args, **kwargs))
     return time.perf_counter() - t0, out
 
 
-SETTLE_S = 0.3
-
-
-# ---- ours: the public generate, and prefill / decode each in its own jit ------------------------
-_prefill = jax.jit(prefill, static_argnames=("cfg", "capacity", "stop", "pad_id"))
-_decode = jax.jit(decode, static_argnames=("cfg", "n_steps", "stop", "pad_id"))
-
-
 class Ours:
     def __init__(self, params: dict, cfg: ModelConfig, prompts: np.ndarray, sampler: Sampler | None):
-        # The decode layout (one array per layer, arlm_jax.models.transformer.model.unstack_blocks), prepared once
-        # like loading a model; generate would otherwise split the stacked weights every call.
+        import jax
+        import jax.numpy as jnp
+
+        from arlm_jax.decode.generate import decode, prefill
+        from arlm_jax.models.transformer.model import unstack_blocks
+
+        # The decode layout (one array per layer, arlm_jax.models.transformer.model.unstack_blocks),
+        # prepared once like loading a model; generate would otherwise split the stacked weights every call.
         params = jax.jit(unstack_blocks)(params)
         if cfg.dtype != "float32":  # served in the compute dtype: each step reads half the bytes
             params = jax.jit(lambda p: jax.tree.map(lambda a: a.astype(cfg.dtype), p))(params)
@@ -132,38 +192,110 @@ class Ours:
         self.lengths = jnp.full((prompts.shape[0],), prompts.shape[1], jnp.int32)
         self.key = jax.random.key(1)
         self.first_call_s, _ = self.generate()  # compiles
+        self._prefill = jax.jit(prefill, static_argnames=("cfg", "capacity", "stop", "pad_id"))
+        self._decode = jax.jit(decode, static_argnames=("cfg", "n_steps", "stop", "pad_id"))
         capacity = PROMPT_LEN + NEW_TOKENS - 1  # as generate sizes it
-        self.prefill_args = dict(params=params, cfg=cfg, prompts=jnp.asarray(prompts), lengths=self.lengths,
-                                 key=self.key, capacity=capacity, sampler=sampler, stop=(), pad_id=0)
-        _, (self.state, _, _) = timed(_prefill, **self.prefill_args)
-        timed(_decode, params, cfg, self.state, NEW_TOKENS - 1, sampler, (), 0)
+        self.prefill_args = {"params": params, "cfg": cfg, "prompts": jnp.asarray(prompts), "lengths": self.lengths,
+                             "key": self.key, "capacity": capacity, "sampler": sampler, "stop": (), "pad_id": 0}
+        _, (self.state, _, _) = timed(self._prefill, **self.prefill_args)
+        self.decode()  # compiles
 
     def generate(self) -> tuple[float, np.ndarray]:
+        from arlm_jax.decode.generate import generate
+
         dt, out = timed(generate, self.params, self.cfg, self.prompts, self.key,
                         max_new_tokens=NEW_TOKENS, sampler=self.sampler)
         return dt, np.asarray(out.tokens)
 
     def prefill(self) -> float:
-        return timed(_prefill, **self.prefill_args)[0]
+        return timed(self._prefill, **self.prefill_args)[0]
 
     def decode(self) -> float:
-        return timed(_decode, self.params, self.cfg, self.state, NEW_TOKENS - 1, self.sampler, (), 0)[0]
+        return timed(self._decode, self.params, self.cfg, self.state, NEW_TOKENS - 1, self.sampler, (), 0)[0]
+
+
+def ours_worker(args: argparse.Namespace) -> dict:
+    """Bandwidth, then every case of ``args.model``: compile, then time --repeats calls of each program."""
+    import jax
+
+    from arlm_jax.analysis.flops import param_count
+
+    bandwidth = measure_bandwidth()
+    cfg = gpt2_arch(model_config(MODELS[args.model]), args.dtype)
+    params = perturbed_params(cfg)
+    out = []
+    for batch, sampler in cases(args):
+        ours = Ours(params, cfg, case_prompts(cfg.vocab_size, batch), our_sampler(sampler))
+        times: dict[str, list[float]] = {"e2e": [], "prefill": [], "decode": []}
+        for _ in range(args.repeats):
+            dt, tokens = ours.generate()
+            times["e2e"].append(dt)
+            times["prefill"].append(ours.prefill())
+            times["decode"].append(ours.decode())
+        out.append({"batch": batch, "sampler": sampler, "first_call_s": ours.first_call_s, "times": times,
+                    "tokens": tokens.tolist() if sampler == "greedy" else None,
+                    "bytes_per_step": bytes_per_step(cfg, params, batch)})
+        del ours  # its copy of the weights, before the next case makes one
+    return {"jax_version": jax.__version__, "device": str(jax.devices()[0]), "bandwidth": bandwidth,
+            "info": {"config": {k: getattr(cfg, k) for k in CONFIG_FIELDS}, "params": param_count(params)},
+            "cases": out}
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez``, synced: on disk before the workers start, not written back while one is timed."""
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+        os.fsync(f.fileno())
+
+
+def prepare_worker(args: argparse.Namespace) -> dict:
+    """Write, per model, our weights, our logits on ``logit_check_tokens`` and the HF config to --inputs,
+    so that the HF worker never imports jax."""
+    import jax
+
+    from arlm_jax.models.transformer.model import forward
+
+    inputs, spec = Path(args.inputs), {}
+    for name in model_names(args.model):
+        cfg = gpt2_arch(model_config(MODELS[name]))  # float32: the only dtype compared with HF
+        params = perturbed_params(cfg)
+        logits = jax.jit(forward, static_argnames="cfg")(params, logit_check_tokens(cfg.vocab_size), cfg=cfg)[0]
+        save_npz(inputs / f"{name}.params.npz", {"/".join(k.key for k in path): np.asarray(a)
+                                                 for path, a in jax.tree_util.tree_leaves_with_path(params)})
+        save_npz(inputs / f"{name}.logits.npz", {"logits": np.asarray(logits)})
+        spec[name] = {"hf": hf_dims(cfg) | {"layer_norm_epsilon": cfg.norm_eps}}
+    (inputs / "spec.json").write_text(json.dumps(spec))
+    return {"wrote": sorted(p.name for p in inputs.iterdir())}
 
 
 # ---- Hugging Face GPT-2 with our weights ----------------------------------------------------------
-def hf_model(cfg: ModelConfig, params: dict):
+def nested(flat: dict[str, np.ndarray]) -> dict:
+    """{"a/b": leaf} -> {"a": {"b": leaf}}: the parameter tree that prepare_worker flattened."""
+    tree: dict = {}
+    for key, a in flat.items():
+        *parents, leaf = key.split("/")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = a
+    return tree
+
+
+def hf_model(hf: dict, params: dict):
+    """``GPT2LMHeadModel`` of the config fields ``hf`` with our (stacked, numpy) weights copied in."""
     import torch
     import transformers
 
     torch.set_num_threads(os.cpu_count())
     hf_cfg = transformers.GPT2Config(
-        n_layer=cfg.n_layers, n_head=cfg.n_heads, n_embd=cfg.d_model, n_positions=cfg.max_len,
-        vocab_size=cfg.vocab_size, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
-        attn_pdrop=0.0, layer_norm_epsilon=cfg.norm_eps,
+        **hf, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         bos_token_id=None, eos_token_id=None)  # no EOS: min_new_tokens would mask it, ours doesn't
     model = transformers.GPT2LMHeadModel(hf_cfg).float().eval()
-    t = lambda a: torch.from_numpy(np.array(a, np.float32))  # noqa: E731
-    b, D = params["blocks"], cfg.d_model
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.array(a, np.float32))
+
+    b, D = params["blocks"], hf["n_embd"]
     a, m = b["attn"], b["mlp"]
     with torch.no_grad():
         model.transformer.wte.weight.copy_(t(params["embed"]["tok"]))
@@ -173,8 +305,8 @@ def hf_model(cfg: ModelConfig, params: dict):
         for l, h in enumerate(model.transformer.h):
             h.ln_1.weight.copy_(t(b["attn_norm"]["scale"][l]))
             h.ln_1.bias.copy_(t(b["attn_norm"]["bias"][l]))
-            h.attn.c_attn.weight.copy_(t(jnp.concatenate([a[w][l].reshape(D, -1) for w in ("wq", "wk", "wv")], 1)))
-            h.attn.c_attn.bias.copy_(t(jnp.concatenate([a[w][l].reshape(-1) for w in ("bq", "bk", "bv")])))
+            h.attn.c_attn.weight.copy_(t(np.concatenate([a[w][l].reshape(D, -1) for w in ("wq", "wk", "wv")], 1)))
+            h.attn.c_attn.bias.copy_(t(np.concatenate([a[w][l].reshape(-1) for w in ("bq", "bk", "bv")])))
             h.attn.c_proj.weight.copy_(t(a["wo"][l].reshape(-1, D)))
             h.attn.c_proj.bias.copy_(t(a["bo"][l]))
             h.ln_2.weight.copy_(t(b["mlp_norm"]["scale"][l]))
@@ -187,12 +319,11 @@ def hf_model(cfg: ModelConfig, params: dict):
     return model
 
 
-def max_logit_diff(model, params: dict, cfg: ModelConfig, seed: int = 1) -> float:
-    """Largest |ours - HF| full-sequence logit on a random batch [2, 32]."""
+def max_logit_diff(model, ours: np.ndarray) -> float:
+    """Largest |ours - HF| full-sequence logit on ``logit_check_tokens`` (``ours``: our logits there, [2, 32, V])."""
     import torch
 
-    x = np.random.default_rng(seed).integers(0, cfg.vocab_size, (2, 32), dtype=np.int32)
-    ours = np.asarray(jax.jit(forward, static_argnames="cfg")(params, jnp.asarray(x), cfg=cfg)[0])
+    x = logit_check_tokens(ours.shape[-1])
     with torch.inference_mode():
         theirs = model(input_ids=torch.from_numpy(x.astype(np.int64))).logits.numpy()
     return float(np.abs(ours - theirs).max())
@@ -210,66 +341,81 @@ def hf_generate(model, prompts: np.ndarray, sampler: str) -> tuple[float, np.nda
     return time.perf_counter() - t0, out[:, prompts.shape[1]:].numpy()
 
 
-# ---- one case ---------------------------------------------------------------------------------------
-def ms(ts: list[float]) -> dict:
-    return {"median": 1e3 * statistics.median(ts), "all": [round(1e3 * t, 2) for t in ts]}
+def theirs_worker(args: argparse.Namespace) -> dict:
+    """HF GPT-2 with the prepared weights of ``args.model``: the logit check, then every case: one
+    warm-up call, then --repeats timed calls."""
+    import torch
+    import transformers
 
-
-def settle(seconds: float = SETTLE_S) -> None:
-    """Let the other runtime's worker threads stop spinning (OpenMP and XLA's pools both spin
-    for a while after work) before a timed call, so neither side is timed against the other's
-    idle spinning on a 2-core machine."""
-    time.sleep(seconds)
-
-
-def bench_case(name: str, cfg: ModelConfig, params: dict, model, batch: int, sampler: str,
-               repeats: int, bandwidth: float) -> dict:
-    prompts = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, PROMPT_LEN), dtype=np.int32)
-    ours = Ours(params, cfg, prompts, SAMPLERS[sampler])
-    if model is not None:
+    inputs = Path(args.inputs)
+    hf = json.loads((inputs / "spec.json").read_text())[args.model]["hf"]
+    with np.load(inputs / f"{args.model}.params.npz") as f:
+        model = hf_model(hf, nested(dict(f)))
+    with np.load(inputs / f"{args.model}.logits.npz") as f:
+        diff = max_logit_diff(model, f["logits"])
+    out = []
+    for batch, sampler in cases(args):
+        prompts = case_prompts(hf["vocab_size"], batch)
         hf_generate(model, prompts, sampler)  # warm-up
-    t: dict[str, list[float]] = {"e2e": [], "prefill": [], "decode": [], "hf": []}
-    toks = {}
-    for _ in range(repeats):  # alternate, so both sides see the same machine state
-        settle()
-        dt, toks["ours"] = ours.generate()
-        t["e2e"].append(dt)
-        if model is not None:
-            settle()
-            dt, toks["hf"] = hf_generate(model, prompts, sampler)
-            t["hf"].append(dt)
-        settle()
-        t["prefill"].append(ours.prefill())
-        settle()
-        t["decode"].append(ours.decode())
+        times = []
+        for _ in range(args.repeats):
+            dt, tokens = hf_generate(model, prompts, sampler)
+            times.append(dt)
+        out.append({"batch": batch, "sampler": sampler, "times": times,
+                    "tokens": tokens.tolist() if sampler == "greedy" else None})
+    return {"torch": f"torch {torch.__version__}, transformers {transformers.__version__}, "
+                     f"{torch.get_num_threads()} threads",
+            "hf_attn_implementation": model.config._attn_implementation, "max_abs_logit_diff": diff,
+            "cases": out}
 
-    e2e = statistics.median(t["e2e"])
-    step = statistics.median(t["decode"]) / (NEW_TOKENS - 1)
-    step_bytes = bytes_per_step(cfg, params, batch)
+
+WORKERS = {"prepare": prepare_worker, "ours": ours_worker, "theirs": theirs_worker}
+
+
+# ---- the parent: alternate the workers, aggregate ------------------------------------------------
+def bandwidth_of(readings: list[dict]) -> dict:
+    """The bandwidth readings of every ours worker as one: their median, and every timed run."""
+    per_worker = [r["bytes_per_s"] for r in readings]
+    return {"bytes_per_s": statistics.median(per_worker), "array_bytes": readings[0]["array_bytes"],
+            "bytes_counted": readings[0]["bytes_counted"],
+            "method": readings[0]["method"] + ", one reading per ours worker process, median of those",
+            "bytes_per_s_workers": per_worker, "runs_ms": [t for r in readings for t in r["runs_ms"]]}
+
+
+def case_result(name: str, i: int, ours: list[dict], theirs: list[dict] | None, bandwidth: float) -> dict:
+    """Case ``i`` of model ``name`` from every round's workers."""
+    oc = [r["cases"][i] for r in ours]
+    batch, sampler = oc[0]["batch"], oc[0]["sampler"]
+    t = {k: [c["times"][k] for c in oc] for k in ("e2e", "prefill", "decode")}
+    gen, pre, dec = summary(t["e2e"]), summary(t["prefill"]), summary(t["decode"], 1e3 / (NEW_TOKENS - 1))
+    first_call_s = statistics.median(c["first_call_s"] for c in oc)
+    step_bytes = oc[0]["bytes_per_step"]
     res = {
         "model": name, "batch": batch, "sampler": sampler,
         "ours": {
-            "first_call_s": ours.first_call_s,
-            "compile_s": ours.first_call_s - e2e,  # first call minus a steady call
-            "generate_ms": ms(t["e2e"]),
-            "prefill_ms": ms(t["prefill"]),
-            "decode_ms_per_step": ms([x / (NEW_TOKENS - 1) for x in t["decode"]]),
-            "overhead_ms": 1e3 * (e2e - statistics.median(t["prefill"]) - step * (NEW_TOKENS - 1)),
-            "tokens_per_s": batch * NEW_TOKENS / e2e,
+            "first_call_s": first_call_s,
+            "compile_s": first_call_s - gen["median"] / 1e3,  # first call minus a steady call
+            "generate_ms": gen,
+            "prefill_ms": pre,
+            "decode_ms_per_step": dec,
+            "overhead_ms": gen["median"] - pre["median"] - dec["median"] * (NEW_TOKENS - 1),
+            "tokens_per_s": batch * NEW_TOKENS / (gen["median"] / 1e3),
             "bytes_per_step": step_bytes,
-            "roofline_fraction": step_bytes / step / bandwidth,
+            "roofline_fraction": step_bytes / (dec["median"] / 1e3) / bandwidth,
         },
     }
-    if model is not None:
-        hf = statistics.median(t["hf"])
-        res["theirs"] = {"generate_ms": ms(t["hf"]), "tokens_per_s": batch * NEW_TOKENS / hf}
-        res["ratio"] = res["ours"]["tokens_per_s"] / res["theirs"]["tokens_per_s"]
-        if sampler == "greedy":
-            same = toks["ours"] == toks["hf"]
+    if theirs is not None:
+        tc = [r["cases"][i] for r in theirs]
+        hf = summary([c["times"] for c in tc])
+        res["theirs"] = {"generate_ms": hf, "tokens_per_s": batch * NEW_TOKENS / (hf["median"] / 1e3)}
+        res["ratio"], res["ratio_rounds"] = speed_ratios(t["e2e"], [c["times"] for c in tc])
+        if sampler == "greedy":  # round 1 of each side; every round must repeat its side's tokens
+            same = np.array(oc[0]["tokens"]) == np.array(tc[0]["tokens"])
             cols = np.flatnonzero(~same.all(axis=0))
             res |= {"greedy_tokens_match": bool(same.all()), "matching_tokens": int(same.sum()),
                     "compared_tokens": int(same.size),
-                    "first_mismatch": int(cols[0]) if cols.size else None}
+                    "first_mismatch": int(cols[0]) if cols.size else None,
+                    "tokens_same_every_round": all(c["tokens"] == cs[0]["tokens"] for cs in (oc, tc) for c in cs)}
     targets = {}
     if (name, batch) in RATIO_TARGETS and "ratio" in res:
         targets[f"ratio >= {RATIO_TARGETS[name, batch]}"] = res["ratio"] >= RATIO_TARGETS[name, batch]
@@ -281,22 +427,15 @@ def bench_case(name: str, cfg: ModelConfig, params: dict, model, batch: int, sam
     return res
 
 
-def bench_model(name: str, batches: list[int], samplers: list[str], repeats: int, with_torch: bool,
-                bandwidth: float, dtype: str = "float32") -> tuple[dict, list[dict]]:
-    cfg = gpt2_arch(MODELS[name], dtype)
-    params = perturbed_params(cfg)
-    info = {"config": {k: getattr(cfg, k) for k in ("vocab_size", "n_layers", "n_heads", "d_model", "ff_dim",
-                                                    "max_len", "pos", "norm", "mlp", "tie_embeddings",
-                                                    "bias", "dtype")},
-            "params": param_count(params)}
-    model = None
-    if with_torch:
-        model = hf_model(cfg, params)
-        info["hf_attn_implementation"] = model.config._attn_implementation
-        info["max_abs_logit_diff"] = max_logit_diff(model, params, cfg)
-        info["logits_match_1e-3"] = info["max_abs_logit_diff"] <= 1e-3
-    cases = [bench_case(name, cfg, params, model, b, s, repeats, bandwidth) for b in batches for s in samplers]
-    return info, cases
+def model_result(name: str, runs: dict[str, list[dict]], bandwidth: float) -> tuple[dict, list[dict]]:
+    """(the model's info, its cases) from every round's workers."""
+    ours, theirs = runs["ours"], runs.get("theirs")
+    info = dict(ours[0]["info"])
+    if theirs is not None:
+        diff = max(r["max_abs_logit_diff"] for r in theirs)
+        info |= {"hf_attn_implementation": theirs[0]["hf_attn_implementation"], "max_abs_logit_diff": diff,
+                 "logits_match_1e-3": diff <= 1e-3}
+    return info, [case_result(name, i, ours, theirs, bandwidth) for i in range(len(ours[0]["cases"]))]
 
 
 def main() -> None:
@@ -307,36 +446,52 @@ def main() -> None:
                     help="compute dtype of ours (weights and KV cache); HF is float32")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--sampler", choices=[*SAMPLERS, "both"], default="both")
-    ap.add_argument("--repeats", type=int, default=5, help="timed runs per case (after one warm-up)")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="timed runs per case per side per round (after one warm-up)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="worker processes per side and model, alternating (default 3; 1 with --no-torch)")
     ap.add_argument("--no-torch", action="store_true", help="skip the Hugging Face comparison")
     ap.add_argument("--out", default=None)
+    add_worker_args(ap)
     args = ap.parse_args()
+    if args.worker:
+        emit(args.worker, WORKERS[args.worker](args))
+        return
 
-    with_torch = not args.no_torch and torch_available()
+    with_torch = not args.no_torch and importable("torch", "transformers")
     if with_torch and args.dtype != "float32":
         ap.error("--dtype bfloat16 compares against nothing: add --no-torch (the HF side is float32)")
-    names = ["small", "gpt2-124m"] if args.model == "both" else [args.model]
-    samplers = list(SAMPLERS) if args.sampler == "both" else [args.sampler]
-    bw = measure_bandwidth()
+    if args.rounds is not None and args.rounds < 1:
+        ap.error("--rounds must be at least 1")
+    sides = ["ours", "theirs"] if with_torch else ["ours"]
+    rounds = args.rounds or (3 if with_torch else 1)
+    names = model_names(args.model)
+    date = datetime.datetime.now().isoformat(timespec="seconds")
+    with tempfile.TemporaryDirectory(prefix="bench_decode_") as inputs:
+        if with_torch:
+            run_worker(SCRIPT, [*sys.argv[1:], "--inputs", inputs], "prepare")
+        # each worker parses the parent's own command line; the flags added last override it
+        runs = {name: alternate(SCRIPT, {side: [*sys.argv[1:], "--model", name, "--inputs", inputs]
+                                         for side in sides}, rounds, label=f"bench_decode {name}")
+                for name in names}
+    first = runs[names[0]]["ours"][0]
+    bw = bandwidth_of([r["bandwidth"] for name in names for r in runs[name]["ours"]])
     result = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "jax_version": jax.__version__, "device": str(jax.devices()[0]),
+        "date": date,
+        "jax_version": first["jax_version"], "device": first["device"],
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "prompt_len": PROMPT_LEN, "new_tokens": NEW_TOKENS, "repeats": args.repeats,
+        "rounds": rounds, "method": METHOD if with_torch else METHOD_ALONE,
         "bandwidth": bw, "bytes_per_step_formula": BYTES_FORMULA,
         "roofline_formula": "bytes_per_step / decode step seconds / bandwidth.bytes_per_s",
         "models": {}, "cases": [],
     }
     for name in names:
-        result["models"][name], cases = bench_model(name, args.batch, samplers, args.repeats, with_torch,
-                                                    bw["bytes_per_s"], args.dtype)
-        result["cases"] += cases
+        result["models"][name], cases_ = model_result(name, runs[name], bw["bytes_per_s"])
+        result["cases"] += cases_
     if with_torch:
-        import torch
-        import transformers
-        result["torch"] = (f"torch {torch.__version__}, transformers {transformers.__version__}, "
-                           f"{torch.get_num_threads()} threads")
+        result["torch"] = runs[names[0]]["theirs"][0]["torch"]
     result["targets"] = {f"{c['model']} B{c['batch']} {c['sampler']}: {k}": v
                          for c in result["cases"] for k, v in c.get("targets", {}).items()}
     write_result(result, args.out, f"bench_decode_{args.model}.json")

@@ -4,9 +4,15 @@
 
 Both sides train the same GPT-2-architecture model (learned positions, pre-LayerNorm, tanh-GELU
 MLP, tied embeddings, biases) in float32 with AdamW and global-norm clipping 1.0, on the same
-random token batches, for the same number of timed steps. Steps alternate (ours, theirs, ours,
-...) so both see the same machine state; the figures are medians. Writes JSON to --out
-(default experiments/results/bench_train_<config>.json) and prints it.
+random token batches, for the same number of timed steps. Each side runs in its own process (this
+script again, with a hidden ``--worker ours`` or ``--worker theirs``: the first never imports
+torch, the second never imports jax; a short "prepare" process hands the HF worker our configs),
+so neither is timed against the other runtime's spinning thread pools. The processes alternate
+ours, theirs, ours, theirs, ... for ``--rounds`` rounds (experiments/alternate.py); each builds
+and compiles its side, warms up, then times ``--steps`` steps. Figures are medians over every
+timed step of every round and the ratio is the ratio of the two medians; the JSON also holds each
+round's medians and ratio. Writes JSON to --out (default
+experiments/results/bench_train_<config>.json) and prints it.
 
 No XLA flags are set: both sides run with their defaults, torch with os.cpu_count() threads.
 
@@ -25,36 +31,59 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results_io import write_result  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+from alternate import (
+    METHOD,
+    METHOD_ALONE,
+    add_worker_args,
+    alternate,
+    emit,
+    importable,
+    run_worker,
+    speed_ratios,
+    summary,
+)
+from results_io import write_result
 
-from arlm_jax import ModelConfig
-from arlm_jax.config import TrainConfig  # noqa: E402
-from arlm_jax.analysis.flops import flops_per_token, param_count, peak_flops  # noqa: E402
-from arlm_jax.train.optim import make_optimizer
-from arlm_jax.train.step import init_state, make_train_step  # noqa: E402
+if TYPE_CHECKING:
+    from arlm_jax import ModelConfig
+    from arlm_jax.config import TrainConfig
+
+# jax and arlm_jax (which imports jax) are imported inside the functions of our side, torch inside
+# those of theirs, so that each worker process loads one runtime only.
 
 FLOPS_FORMULA = "6*N + 12*L*D*T per token (N = matmul params incl. tied output matrix, T = seq len)"
+SCRIPT = str(Path(__file__).resolve())
 
-# name -> (model config, batch size, sequence length)
+# name -> (ModelConfig preset: a classmethod's name or the fields, batch size, sequence length)
 CONFIGS = {
-    "small": (ModelConfig(vocab_size=65, n_layers=4, n_heads=4, d_model=128, max_len=64), 12, 64),
-    "gpt2-124m": (ModelConfig.gpt2_124m(), 4, 256),
-    "gpt2-350m": (ModelConfig.gpt2_350m(), 4, 256),
+    "small": ({"vocab_size": 65, "n_layers": 4, "n_heads": 4, "d_model": 128, "max_len": 64}, 12, 64),
+    "gpt2-124m": ("gpt2_124m", 4, 256),
+    "gpt2-350m": ("gpt2_350m", 4, 256),
 }
+MODEL_FIELDS = ("vocab_size", "n_layers", "n_heads", "d_model", "ff_dim", "pos", "norm", "norm_position", "mlp",
+                "tie_embeddings", "bias", "dtype")
+
+
+def model_config(preset: str | dict) -> ModelConfig:
+    """``ModelConfig.<preset>()``, or ``ModelConfig(**preset)`` for a dict of fields."""
+    from arlm_jax import ModelConfig
+
+    return getattr(ModelConfig, preset)() if isinstance(preset, str) else ModelConfig(**preset)
 
 
 def gpt2_arch(cfg: ModelConfig, dtype: str = "float32") -> ModelConfig:
@@ -63,9 +92,30 @@ def gpt2_arch(cfg: ModelConfig, dtype: str = "float32") -> ModelConfig:
                                tie_embeddings=True, bias=True, dtype=dtype).validate()
 
 
+def hf_dims(cfg: ModelConfig) -> dict:
+    """The ``transformers.GPT2Config`` fields that give ``cfg``'s shapes."""
+    return {"n_layer": cfg.n_layers, "n_head": cfg.n_heads, "n_embd": cfg.d_model, "n_positions": cfg.max_len,
+            "vocab_size": cfg.vocab_size}
+
+
 def train_config(batch: int, seq: int) -> TrainConfig:
+    from arlm_jax.config import TrainConfig
+
     return TrainConfig(batch_size=batch, seq_len=seq, lr=3e-4, schedule="constant", warmup_steps=0,
                        weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0).validate()
+
+
+def setup(name: str, args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
+    """The model and train configs of config ``name`` under the command line's overrides."""
+    preset, default_batch, default_seq = CONFIGS[name]
+    batch, seq = args.batch or default_batch, args.seq or default_seq
+    base = model_config(preset)
+    cfg = gpt2_arch(dataclasses.replace(base, max_len=max(base.max_len, seq)), args.dtype)
+    return cfg, train_config(batch, seq)
+
+
+def n_steps(name: str, args: argparse.Namespace) -> int:
+    return args.steps or (20 if name == "small" else 10)
 
 
 def random_batches(n: int, batch: int, seq: int, vocab: int, seed: int = 0) -> list[np.ndarray]:
@@ -73,9 +123,27 @@ def random_batches(n: int, batch: int, seq: int, vocab: int, seed: int = 0) -> l
     return [rng.integers(0, vocab, (batch, seq + 1), dtype=np.int32) for _ in range(n)]
 
 
+def timed_steps(step, data: list[np.ndarray], warmup: int) -> tuple[list[float], float]:
+    """Run ``step`` (tokens -> (seconds, loss)) on every batch: (seconds of each step after the
+    first ``warmup``, the last loss)."""
+    times = []
+    for i, tokens in enumerate(data):
+        dt, loss = step(tokens)
+        if i >= warmup:
+            times.append(dt)
+    return times, loss
+
+
 # ---- ours ----------------------------------------------------------------------------------
 class Ours:
     def __init__(self, cfg: ModelConfig, tc: TrainConfig, example: np.ndarray):
+        import jax
+        import jax.numpy as jnp
+
+        from arlm_jax.analysis.flops import param_count
+        from arlm_jax.train.optim import make_optimizer
+        from arlm_jax.train.step import init_state, make_train_step
+
         opt = make_optimizer(tc, cfg)
         self.state = init_state(jax.random.key(0), cfg, opt)
         self.n_params = param_count(self.state.params)
@@ -89,6 +157,8 @@ class Ours:
             "aliased": m.alias_size_in_bytes, "temporaries": m.temp_size_in_bytes}
 
     def step(self, tokens: np.ndarray) -> tuple[float, float]:
+        import jax
+
         batch = {"tokens": jax.device_put(tokens)}
         jax.block_until_ready(batch)
         t0 = time.perf_counter()
@@ -97,28 +167,85 @@ class Ours:
         return time.perf_counter() - t0, loss
 
 
+def device_peak_memory() -> int | None:
+    """Peak bytes in use on the default device so far (None where the backend keeps no statistics, as on CPU)."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def planned(cfg: ModelConfig, tc: TrainConfig, name: str) -> dict:
+    """What ``arlm plan`` predicts for this train step on one (simulated CPU) device."""
+    import jax
+
+    from arlm_jax.analysis.plan import plan
+    from arlm_jax.config import RunConfig
+
+    run = RunConfig(preset=name, model=cfg, train=tc).validate()
+    return plan(run, jax.devices("cpu")[:1])["train"]
+
+
+def ours_worker(args: argparse.Namespace) -> dict:
+    """Compile our train step for ``args.config``, warm up and time it: one JSON-able dict."""
+    import jax
+
+    from arlm_jax.analysis.flops import flops_per_token, peak_flops
+
+    peak = (args.peak_flops, "--peak-flops") if args.peak_flops else peak_flops(args.dtype)
+    cfg, tc = setup(args.config, args)
+    data = random_batches(args.warmup + n_steps(args.config, args), tc.batch_size, tc.seq_len, cfg.vocab_size)
+    ours = Ours(cfg, tc, data[0])
+    times, loss = timed_steps(ours.step, data, args.warmup)
+    out = {"model": {k: getattr(cfg, k) for k in MODEL_FIELDS}, "batch": tc.batch_size, "seq_len": tc.seq_len,
+           "jax_version": jax.__version__, "device": str(jax.devices()[0]),
+           "flops_per_token": flops_per_token(cfg, tc.seq_len), "peak_flops": peak,
+           "compile_s": ours.compile_s, "params": ours.n_params, "times": times, "final_loss": loss}
+    measured_peak = device_peak_memory()
+    if measured_peak is not None:  # an accelerator: compare with the plan of the same step
+        plan_train = planned(cfg, tc, args.config)
+        out["memory"] = {"measured_peak_bytes": measured_peak, "compiled_here": ours.memory,
+                         "plan_cpu_estimate": {k: plan_train[k] for k in ("peak", "temporaries", "params",
+                                                                         "opt_state", "flops")},
+                         "plan_peak_over_measured": plan_train["peak"] / measured_peak}
+    return out
+
+
+def prepare_worker(args: argparse.Namespace) -> dict:
+    """Write what the HF worker needs of each config (shapes, optimizer, batch) to --inputs/spec.json,
+    so that it never imports arlm_jax (and with it jax) to read our presets."""
+    spec = {}
+    for name in config_names(args.config):
+        cfg, tc = setup(name, args)
+        spec[name] = {"hf": hf_dims(cfg), "batch": tc.batch_size, "seq_len": tc.seq_len,
+                      "optim": {k: getattr(tc, k) for k in ("lr", "beta1", "beta2", "eps", "weight_decay",
+                                                            "grad_clip")}}
+    path = Path(args.inputs) / "spec.json"
+    path.write_text(json.dumps(spec))
+    return {"wrote": str(path)}
+
+
 # ---- Hugging Face GPT-2 --------------------------------------------------------------------
 class Theirs:
-    def __init__(self, cfg: ModelConfig, tc: TrainConfig):
+    def __init__(self, spec: dict):
         import torch
         import transformers
 
         self.torch = torch
         torch.set_num_threads(os.cpu_count())
         torch.manual_seed(0)
-        hf_cfg = transformers.GPT2Config(
-            n_layer=cfg.n_layers, n_head=cfg.n_heads, n_embd=cfg.d_model, n_positions=cfg.max_len,
-            vocab_size=cfg.vocab_size, activation_function="gelu_new",
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        hf_cfg = transformers.GPT2Config(**spec["hf"], activation_function="gelu_new",
+                                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
         self.model = transformers.GPT2LMHeadModel(hf_cfg).float().train()
         # Same decay rule as arlm_jax.train.optim.weight_decay_mask: matmul weights only.
         named = dict(self.model.named_parameters())
         decay = [p for n, p in named.items() if p.ndim >= 2 and "wte" not in n and "wpe" not in n]
         no_decay = [p for n, p in named.items() if not (p.ndim >= 2 and "wte" not in n and "wpe" not in n)]
+        o = spec["optim"]
         self.opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps)
-        self.clip = tc.grad_clip
+            [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o["lr"], betas=(o["beta1"], o["beta2"]), eps=o["eps"])
+        self.clip = o["grad_clip"]
         self.n_params = sum(p.numel() for p in self.model.parameters())
         self.version = f"torch {torch.__version__}, transformers {transformers.__version__}"
 
@@ -130,121 +257,102 @@ class Theirs:
         self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        loss = float(out.loss)
+        loss = out.loss.item()
         return time.perf_counter() - t0, loss
 
 
-def torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def theirs_worker(args: argparse.Namespace) -> dict:
+    """Build HF GPT-2 for ``args.config`` from the prepared spec, warm up and time it."""
+    spec = json.loads((Path(args.inputs) / "spec.json").read_text())[args.config]
+    data = random_batches(args.warmup + n_steps(args.config, args), spec["batch"], spec["seq_len"],
+                          spec["hf"]["vocab_size"])
+    theirs = Theirs(spec)
+    times, loss = timed_steps(theirs.step, data, args.warmup)
+    return {"impl": f"transformers.GPT2LMHeadModel, {theirs.version}, {theirs.torch.get_num_threads()} threads",
+            "params": theirs.n_params, "times": times, "final_loss": loss}
 
 
-def device_peak_memory() -> int | None:
-    """Peak bytes in use on the default device so far (None where the backend keeps no statistics, as on CPU)."""
-    stats = jax.devices()[0].memory_stats() or {}
-    return stats.get("peak_bytes_in_use")
+WORKERS = {"prepare": prepare_worker, "ours": ours_worker, "theirs": theirs_worker}
 
 
-def planned(cfg: ModelConfig, tc: TrainConfig, name: str) -> dict:
-    """What ``arlm plan`` predicts for this train step on one (simulated CPU) device."""
-    from arlm_jax.config import RunConfig
-    from arlm_jax.analysis.plan import plan
-
-    run = RunConfig(preset=name, model=cfg, train=tc).validate()
-    return plan(run, jax.devices("cpu")[:1])["train"]
+# ---- the parent: alternate the workers, aggregate ----------------------------------------------
+def config_names(config: str) -> list[str]:
+    return ["small", "gpt2-124m"] if config == "both" else [config]
 
 
-def bench(name: str, steps: int, warmup: int, peak: tuple[float, str], with_torch: bool,
-          dtype: str = "float32", batch: int | None = None, seq: int | None = None) -> dict:
-    base, default_batch, default_seq = CONFIGS[name]
-    batch, seq = batch or default_batch, seq or default_seq
-    cfg = gpt2_arch(dataclasses.replace(base, max_len=max(base.max_len, seq)), dtype)
-    tc = train_config(batch, seq)
-    data = random_batches(warmup + steps, batch, seq, cfg.vocab_size)
-    ours = Ours(cfg, tc, data[0])
-    theirs = Theirs(cfg, tc) if with_torch else None
+def bench(name: str, args: argparse.Namespace, sides: list[str], rounds: int, inputs: str) -> dict:
+    # the worker parses the parent's own command line; the flags added last override it
+    argv = [*sys.argv[1:], "--config", name, "--inputs", inputs]
+    runs = alternate(SCRIPT, {side: argv for side in sides}, rounds, label=f"bench_train {name}")
+    ours = runs["ours"]
+    first = ours[0]
+    tokens_per_step = first["batch"] * first["seq_len"]
+    fpt = first["flops_per_token"]
+    peak = statistics.median(r["peak_flops"][0] for r in ours)
 
-    times: dict[str, list[float]] = {"ours": [], "theirs": []}
-    losses: dict[str, list[float]] = {"ours": [], "theirs": []}
-    for i, tokens in enumerate(data):  # alternate, so both sides see the same machine state
-        for side, runner in (("ours", ours), ("theirs", theirs)):
-            if runner is None:
-                continue
-            dt, loss = runner.step(tokens)
-            if i >= warmup:
-                times[side].append(dt)
-                losses[side].append(loss)
-
-    tokens_per_step = batch * seq
-    fpt = flops_per_token(cfg, seq)
-
-    def summary(ts: list[float]) -> dict:
-        med = statistics.median(ts)
-        tps = tokens_per_step / med
-        return {"ms_per_step": 1e3 * med, "ms_per_step_min": 1e3 * min(ts),
-                "ms_per_step_all": [round(1e3 * t, 2) for t in ts],
-                "tokens_per_s": tps, "mfu": fpt * tps / peak[0]}
+    def side(results: list[dict]) -> dict:
+        s = summary([r["times"] for r in results])
+        tps = tokens_per_step / (s["median"] / 1e3)
+        return {"ms_per_step": s["median"], "ms_per_step_min": s["min"], "ms_per_step_all": s["all"],
+                "ms_per_step_rounds": s["rounds"], "tokens_per_s": tps, "mfu": fpt * tps / peak,
+                "final_loss": results[0]["final_loss"], "final_loss_rounds": [r["final_loss"] for r in results]}
 
     result = {
-        "config": name,
-        "model": {k: getattr(cfg, k) for k in ("vocab_size", "n_layers", "n_heads", "d_model", "ff_dim",
-                                               "pos", "norm", "norm_position", "mlp", "tie_embeddings",
-                                               "bias", "dtype")},
-        "batch": batch, "seq_len": seq, "tokens_per_step": tokens_per_step,
-        "timed_steps": steps, "warmup_steps": warmup,
-        "jax_version": jax.__version__, "device": str(jax.devices()[0]),
+        "config": name, "model": first["model"],
+        "batch": first["batch"], "seq_len": first["seq_len"], "tokens_per_step": tokens_per_step,
+        "timed_steps": n_steps(name, args), "warmup_steps": args.warmup,
+        "rounds": rounds, "method": METHOD if "theirs" in runs else METHOD_ALONE,
+        "jax_version": first["jax_version"], "device": first["device"],
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "flops_per_token": fpt, "flops_formula": FLOPS_FORMULA,
-        "peak_flops": peak[0], "peak_flops_source": peak[1],
-        "compile_s": ours.compile_s,
-        "params": ours.n_params,
-        "ours": summary(times["ours"]) | {"final_loss": losses["ours"][-1]},
+        "peak_flops": peak, "peak_flops_source": first["peak_flops"][1],
+        "compile_s": statistics.median(r["compile_s"] for r in ours),
+        "params": first["params"],
+        "ours": side(ours),
     }
-    measured_peak = device_peak_memory()
-    if measured_peak is not None:  # an accelerator: compare with the plan of the same step
-        plan_train = planned(cfg, tc, name)
-        result["memory"] = {"measured_peak_bytes": measured_peak, "compiled_here": ours.memory,
-                            "plan_cpu_estimate": {k: plan_train[k] for k in ("peak", "temporaries", "params",
-                                                                            "opt_state", "flops")},
-                            "plan_peak_over_measured": plan_train["peak"] / measured_peak}
-    if theirs is not None:
-        result["theirs"] = summary(times["theirs"]) | {
-            "impl": f"transformers.GPT2LMHeadModel, {theirs.version}, "
-                    f"{theirs.torch.get_num_threads()} threads",
-            "params": theirs.n_params, "final_loss": losses["theirs"][-1]}
-        result["ratio"] = result["ours"]["tokens_per_s"] / result["theirs"]["tokens_per_s"]
+    if "memory" in first:
+        result["memory"] = first["memory"]
+    if "theirs" in runs:
+        theirs = runs["theirs"]
+        result["theirs"] = side(theirs) | {"impl": theirs[0]["impl"], "params": theirs[0]["params"]}
+        result["ratio"], result["ratio_rounds"] = speed_ratios([r["times"] for r in ours],
+                                                               [r["times"] for r in theirs])
     return result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", choices=[*CONFIGS, "both"], default="small")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 20 small, 10 the others)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="timed steps per side per round (default 20 small, 10 the others)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                     help="compute dtype of ours (the HF side is float32 either way)")
     ap.add_argument("--batch", type=int, default=None, help="batch size (default per config)")
     ap.add_argument("--seq", type=int, default=None, help="sequence length (default per config)")
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of each worker")
     ap.add_argument("--peak-flops", type=float, default=None, help="FLOP/s for MFU (default: measured)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="worker processes per side, alternating (default 3; 1 with --no-torch)")
     ap.add_argument("--no-torch", action="store_true", help="skip the Hugging Face comparison")
     ap.add_argument("--out", default=None)
+    add_worker_args(ap)
     args = ap.parse_args()
+    if args.worker:
+        emit(args.worker, WORKERS[args.worker](args))
+        return
 
-    if args.peak_flops:
-        peak = (args.peak_flops, "--peak-flops")
-    else:
-        peak = peak_flops(args.dtype)
-    with_torch = not args.no_torch and torch_available()
+    with_torch = not args.no_torch and importable("torch", "transformers")
     if with_torch and args.dtype != "float32":
         ap.error("--dtype bfloat16 compares against nothing: add --no-torch (the HF side is float32)")
-    names = ["small", "gpt2-124m"] if args.config == "both" else [args.config]
-    results = [bench(n, args.steps or (20 if n == "small" else 10), args.warmup, peak, with_torch,
-                     args.dtype, args.batch, args.seq) for n in names]
+    if args.rounds is not None and args.rounds < 1:
+        ap.error("--rounds must be at least 1")
+    sides = ["ours", "theirs"] if with_torch else ["ours"]
+    rounds = args.rounds or (3 if with_torch else 1)
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as inputs:
+        if with_torch:
+            run_worker(SCRIPT, [*sys.argv[1:], "--inputs", inputs], "prepare")
+        results = [bench(n, args, sides, rounds, inputs) for n in config_names(args.config)]
     out = results[0] if len(results) == 1 else {"results": results}
     write_result(out, args.out, f"bench_train_{args.config}.json")
 
