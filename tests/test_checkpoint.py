@@ -48,3 +48,34 @@ def test_errors_are_checkpoint_errors(tmp_path):
     (tmp_path / "checkpoints" / "1" / "meta" / "metadata").write_text("{not json")
     with pytest.raises(CheckpointError, match="step 1 in .* is unreadable or corrupt"):
         ck.read_meta(1)
+
+
+_CRASH_MID_SAVE = r"""
+import os, sys, time
+import jax, jax.numpy as jnp
+from arlm_jax.checkpoint import Checkpointer
+ck = Checkpointer(sys.argv[1], keep=3)
+ck.save(1, {"w": jnp.full((256, 1024), 1.0)}, {"step": 1})
+ck.wait()
+ck.save(2, {"w": jnp.full((4096, 4096), 2.0)}, {"step": 2})  # 64 MiB, written in the background
+print("queued", flush=True)
+os._exit(3)  # the process dies while step 2 is being written
+"""
+
+
+def test_a_crash_during_an_async_save_keeps_the_previous_checkpoint(tmp_path):
+    """save() returns before the write ends (async checkpointing); a process that dies then
+    leaves the earlier step readable and the half-written one invisible."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", _CRASH_MID_SAVE, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 3 and "queued" in proc.stdout, proc.stderr[-2000:]
+    ck = Checkpointer(tmp_path, read_only=True)
+    assert ck.latest_step() in (1, 2)  # 2 only if the write had finished before the exit
+    abstract = {"w": jax.ShapeDtypeStruct((256, 1024), jnp.float32)}
+    state, meta = ck.restore(abstract, 1)
+    assert meta == {"step": 1} and float(state["w"].min()) == float(state["w"].max()) == 1.0
+    if ck.latest_step() == 2:  # a finished step must then be whole
+        big, _ = ck.restore({"w": jax.ShapeDtypeStruct((4096, 4096), jnp.float32)}, 2)
+        assert float(big["w"].min()) == 2.0

@@ -128,7 +128,7 @@ def test_train_eval_info_end_to_end(tmp_path, corpus, capsys):
                           "--train.steps", "6", "--train.ckpt_every", "3", "--model.n_layers", "1",
                           "--train.sample_prompt", "def", capsys=capsys)
     assert code == 0, err
-    assert "perplexity" in out and "greedy sample:\ndef" in out
+    assert "perplexity" in out and "sample (temperature 0.8, top-p 0.95):\ndef" in out
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["n_layers"] == 1 and cfg["model"]["vocab_size"] == 257 and cfg["preset"] == "tiny"
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]

@@ -404,7 +404,8 @@ FIXED = _register(dataclasses.replace(A.get_family("bigram"), name="bigram-fixed
 
 def test_fit_replaces_the_optimizer_steps(tmp_path, corpus):
     cfg = BigramConfig(family="bigram-counted", vocab_size=257, d_model=257, decay=0.0).validate()
-    run = _run(tmp_path, corpus, cfg, steps=5, sample_tokens=6, sample_prompt="def ")
+    run = _run(tmp_path, corpus, cfg, steps=5, sample_tokens=6, sample_prompt="def ",
+               sample_temperature=0.0)
     FIT_CALLS.clear()
     res = train(run, out=io.StringIO())
     assert len(FIT_CALLS) == 1 and FIT_CALLS[0][:2] == (run.model, run.train)

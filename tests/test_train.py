@@ -62,7 +62,7 @@ def test_gradient_accumulation_equals_full_batch():
 def test_train_step_matches_a_hand_written_optax_update():
     # a large eps keeps Adam's first step away from sign(g), so clipping and decay both show
     cfg, tc = tiny(), _tc(lr=1e-2, warmup_steps=0, schedule="constant", grad_clip=0.05, eps=1e-3,
-                          weight_decay=0.5)
+                          weight_decay=0.5, optimizer="adamw")
     opt = T_optim.make_optimizer(tc, cfg)
     state = T.init_state(jax.random.key(0), cfg, opt)
     toks = jax.random.randint(jax.random.key(1), (2, 9), 0, cfg.vocab_size)
@@ -127,7 +127,8 @@ def test_resume_is_exact(tmp_path, corpus):
 def test_tiny_repetitive_corpus_is_learned(tmp_path):
     (tmp_path / "rep.txt").write_text("abcdefgh" * 400)
     run = _run(tmp_path, tmp_path / "rep.txt", steps=150, lr=1e-2, warmup_steps=10, eval_every=150,
-               ckpt_every=150, log_every=50, batch_size=8, sample_tokens=16, sample_prompt="abc")
+               ckpt_every=150, log_every=50, batch_size=8, sample_tokens=16, sample_prompt="abc",
+               sample_temperature=0.0)
     res = train(run, out=open("/dev/null", "w"))
     assert res.val["loss"] < 0.05 and res.val["accuracy"] > 0.99
     assert res.sample.startswith("abcdefghabcdefgh")

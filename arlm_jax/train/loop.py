@@ -28,11 +28,12 @@ from arlm_jax.config import RunConfig, to_dict
 from arlm_jax.data import tokens as data_lib
 from arlm_jax.data.tokenizer import decode, encode, eot_id, load_tokenizer, tokenizer_identity
 from arlm_jax.decode.generate import generate
+from arlm_jax.decode.sampling import Sampler
 from arlm_jax.errors import ConfigError
 from arlm_jax.models import family_of
 from arlm_jax.parallel.hosts import global_batch, process_rows, to_host
 from arlm_jax.parallel.mesh import mesh_of
-from arlm_jax.train.evaluate import evaluate
+from arlm_jax.train.evaluate import EvalSet
 from arlm_jax.train.optim import make_optimizer
 from arlm_jax.train.run_dir import (abstract_state, append_jsonl, check_resumable, plot_losses,
                                     truncate_jsonl)
@@ -47,7 +48,7 @@ class TrainingDiverged(RuntimeError):
 class TrainResult:
     state: TrainState
     val: dict  # loss (mean NLL), ppl, bpb, accuracy of the final validation
-    sample: str  # the greedy sample ("" when sample_tokens is 0)
+    sample: str  # the sample printed at the end ("" when sample_tokens is 0)
     start_step: int  # 0, or the step a --resume continued from
 
 
@@ -69,11 +70,15 @@ class OpenRun:
     say: Callable[[str], None]
     lead: bool  # process 0: prints and writes the run folder's files
     meta: Callable[[int], dict]  # checkpoint meta of a step
+    val: EvalSet  # the validation windows, gathered once
+    t0: float = dataclasses.field(default_factory=time.perf_counter)  # when the run was opened
+
+    def elapsed(self) -> float:
+        """Seconds since this process opened the run (logged as ``elapsed_s``)."""
+        return round(time.perf_counter() - self.t0, 3)
 
     def validate(self, state: TrainState) -> dict:
-        tc = self.run.train
-        return evaluate(self.eval_step, state.params, self.data.val, tc.batch_size, self.run.seq_len,
-                        tc.eval_batches, self.data.bytes_per_token, self.mesh)
+        return self.val.score(self.eval_step, state.params)
 
     def log(self, rows: list[dict]) -> None:
         if self.lead:
@@ -97,6 +102,7 @@ def open_run(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
              enc: tiktoken.Encoding | None = None) -> OpenRun:
     """Validate ``run``, load its data, compile its steps, and restore (``resume``) or create
     its state; config.json is written and metrics.jsonl cut back to the restored step."""
+    t0 = time.perf_counter()
     run.validate()
     tc, cfg = run.train, run.model
     lead = jax.process_index() == 0
@@ -139,9 +145,10 @@ def open_run(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
     def meta(step: int) -> dict:
         return {"step": step, "data": {"seed": tc.seed, "next_batch": step}, "config": to_dict(run),
                 "tokenizer": tok_id}
+    val = EvalSet.build(data.val, tc.batch_size, run.seq_len, tc.eval_batches, data.bytes_per_token, mesh)
     return OpenRun(run=run, enc=enc, data=data, mesh=mesh, ck=ck, train_step=train_step,
                    eval_step=eval_step, optimizer=optimizer, state=state, start=start,
-                   metrics_path=metrics_path, say=say, lead=lead, meta=meta)
+                   metrics_path=metrics_path, say=say, lead=lead, meta=meta, val=val, t0=t0)
 
 
 class _Metrics:
@@ -155,12 +162,15 @@ class _Metrics:
         self.clock = (time.perf_counter(), r.start)  # time and step of the last flush
         self.bar = _progress(r.run.train.steps, r.start, r.run.train.progress)
 
-    def flush(self) -> None:
-        """Fetch pending metrics: NaN check, progress bar, JSONL."""
-        if not self.pending:
+    def flush(self, *, all_steps: bool = True) -> None:
+        """Fetch pending metrics: NaN check, progress bar, JSONL. ``all_steps=False`` leaves the
+        newest step's metrics (its step may still be running) for the next flush, so the fetch
+        never waits for the device and the device never waits for the host."""
+        ready = self.pending if all_steps else self.pending[:-1]
+        if not ready:
             return
         rows = []
-        for s, m in jax.device_get(self.pending):
+        for s, m in jax.device_get(ready):
             row = {"split": "train", "step": s, **{k: float(v) for k, v in m.items()}}
             if not (math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])):
                 where = f"step {self.last_saved} in {self.r.ck.directory}" if self.last_saved else "none was saved yet"
@@ -169,11 +179,12 @@ class _Metrics:
                     f"The last good checkpoint is intact ({where}); lower train.lr or raise "
                     f"train.warmup_steps")
             rows.append(row)
-        self.pending.clear()
+        del self.pending[:len(ready)]
         now, last = time.perf_counter(), rows[-1]
         tps = self.tokens_per_step * (last["step"] - self.clock[1]) / max(now - self.clock[0], 1e-9)
         self.clock = (now, last["step"])
-        last |= {"tokens_per_s": tps, "mfu": self.fpt * tps / self.peak / self.r.mesh.devices.size}
+        last |= {"tokens_per_s": tps, "mfu": self.fpt * tps / self.peak / self.r.mesh.devices.size,
+                 "elapsed_s": self.r.elapsed()}
         self.r.log(rows)
         self.bar.update(last["step"] - self.bar.n)
         self.bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{tps:,.0f}",
@@ -188,28 +199,71 @@ def _progress(total: int, initial: int, enabled: bool):
                 file=sys.stderr)
 
 
+class _Clock:
+    """Where the stepping phase's wall clock goes: the first step (compilation), the rest, and
+    the time spent inside it on validation and on queuing checkpoints."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.first = self.start = None  # after the first step: its seconds, and the time then
+        self.eval = self.ckpt = 0.0
+
+    def timed(self, what: str, fn: Callable, *args):
+        t = time.perf_counter()
+        out = fn(*args)
+        setattr(self, what, getattr(self, what) + time.perf_counter() - t)
+        return out
+
+    def first_done(self, metrics: dict) -> None:
+        jax.block_until_ready(metrics)  # once: compile time apart from the steady rate
+        self.start = time.perf_counter()
+        self.first = self.start - self.t0
+
+    def report(self, steps: int, tokens_per_step: int) -> str:
+        if self.start is None or steps < 1:
+            return ""
+        secs = max(time.perf_counter() - self.start, 1e-9)
+        return (f"loop: {steps} steps in {secs:.1f}s after a first step of {self.first:.1f}s "
+                f"(compilation): {tokens_per_step * steps / secs:,.0f} tok/s, of which validation "
+                f"{self.eval:.1f}s and checkpoint queuing {self.ckpt:.1f}s")
+
+
 def run_steps(r: OpenRun) -> TrainState:
     """Step from ``r.start`` to ``train.steps``: validation every ``eval_every`` steps and a
-    checkpoint every ``ckpt_every`` (and at the end). Ctrl-C saves the current step first."""
+    checkpoint every ``ckpt_every`` (and at the end). Ctrl-C saves the current step first.
+
+    The host never waits for the device between fetches: each step is dispatched
+    asynchronously, the next batch is gathered and sent while it runs, metrics stay on the
+    device until ``log_every``, and checkpoints are written in the background (checkpoint.py)."""
     tc, seq, state, step = r.run.train, r.run.seq_len, r.state, r.start
     rows = process_rows(tc.batch_size, r.mesh)
-    metrics = _Metrics(r)
+    metrics, clock = _Metrics(r), _Clock()
+
+    def batch_at(i: int) -> dict:
+        local = data_lib.get_batch(r.data.train, tc.batch_size, seq, tc.seed, i, rows=rows)
+        return {"tokens": global_batch(local, tc.batch_size, r.mesh)}
 
     def save(st: TrainState, at: int) -> None:
-        r.ck.save(at, st, r.meta(at))
+        clock.timed("ckpt", r.ck.save, at, st, r.meta(at))
         metrics.last_saved = at
 
     try:
+        batch = batch_at(step) if step < tc.steps else None
         while step < tc.steps:
-            local = data_lib.get_batch(r.data.train, tc.batch_size, seq, tc.seed, step, rows=rows)
-            state, m = r.train_step(state, {"tokens": global_batch(local, tc.batch_size, r.mesh)})
+            state, m = r.train_step(state, batch)
             step += 1
+            if step < tc.steps:
+                batch = batch_at(step)  # while the step runs
+            if clock.start is None:
+                clock.first_done(m)
             metrics.pending.append((step, m))
-            if step % tc.log_every == 0 or step % tc.ckpt_every == 0 or step % tc.eval_every == 0 \
-                    or step == tc.steps:
-                metrics.flush()
+            if step % tc.ckpt_every == 0 or step % tc.eval_every == 0 or step == tc.steps:
+                metrics.flush()  # all of them: a checkpoint is never of a diverged state
+            elif step % tc.log_every == 0:
+                metrics.flush(all_steps=False)
             if step % tc.eval_every == 0 and step < tc.steps:
-                r.log([{"split": "val", "step": step, **r.validate(state)}])
+                val = clock.timed("eval", r.validate, state)
+                r.log([{"split": "val", "step": step, **val, "elapsed_s": r.elapsed()}])
             if step % tc.ckpt_every == 0 or step == tc.steps:
                 save(state, step)
     except KeyboardInterrupt:
@@ -225,6 +279,8 @@ def run_steps(r: OpenRun) -> TrainState:
         r.ck.wait()  # let earlier saves finish: they are the run's good checkpoints
         raise
     metrics.bar.close()
+    if line := clock.report(step - r.start - 1, tc.batch_size * seq):
+        r.say(line)
     return state
 
 
@@ -244,12 +300,12 @@ def run_fit(r: OpenRun, fit: Callable) -> TrainState:
 
 
 def finish(r: OpenRun, state: TrainState) -> TrainResult:
-    """Wait for the checkpoints, validate, plot, and print a greedy sample."""
+    """Wait for the checkpoints, validate, plot, and print a sample (train.sample_*)."""
     r.ck.wait()
     r.ck.close()
     tc, cfg, step = r.run.train, r.run.model, int(state.step)
     final = r.validate(state)
-    r.log([{"split": "val", "step": step, **final}])
+    r.log([{"split": "val", "step": step, **final, "elapsed_s": r.elapsed()}])
     r.say(f"validation at step {step}: loss {final['loss']:.4f}  perplexity {final['ppl']:.2f}  "
           f"bits/byte {final['bpb']:.3f}  accuracy {final['accuracy']:.3f}")
     if r.lead:
@@ -260,11 +316,15 @@ def finish(r: OpenRun, state: TrainState) -> TrainResult:
         prompt = encode(r.enc, tc.sample_prompt) or [eot_id(r.enc)]
         if ctx is not None:
             prompt = prompt[-ctx:]  # past the context the window slides (decode/window.py)
+        greedy = tc.sample_temperature == 0.0
+        sampler = None if greedy else Sampler(temperature=tc.sample_temperature, top_p=tc.sample_top_p)
         with jax.set_mesh(r.mesh):  # the params stay where they are; the state follows them
-            gen = generate(state.params, cfg, [prompt], jax.random.key(0), max_new_tokens=tc.sample_tokens)
+            gen = generate(state.params, cfg, [prompt], jax.random.key(tc.seed), max_new_tokens=tc.sample_tokens,
+                           sampler=sampler)
         tokens, length = to_host(gen.tokens)[0], int(to_host(gen.lengths)[0])
         sample = tc.sample_prompt + decode(r.enc, tokens[:length].tolist())
-        r.say(f"greedy sample:\n{sample}")
+        how = "greedy" if greedy else f"temperature {tc.sample_temperature:g}, top-p {tc.sample_top_p:g}"
+        r.say(f"sample ({how}):\n{sample}")
     return TrainResult(state=state, val=final, sample=sample, start_step=r.start)
 
 

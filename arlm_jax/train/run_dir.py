@@ -29,6 +29,7 @@ from arlm_jax.train.step import init_state
 RESUMABLE_CHANGES = frozenset({"train.eval_every", "train.eval_batches", "train.log_every",
                                "train.ckpt_every", "train.keep_checkpoints", "train.out_dir",
                                "train.progress", "train.sample_prompt", "train.sample_tokens",
+                               "train.sample_temperature", "train.sample_top_p",
                                "data.cache_dir", "mesh.data", "mesh.fsdp", "mesh.tensor",
                                "mesh.devices"})  # a run may resume on another mesh
 
@@ -45,7 +46,13 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def check_resumable(saved: dict, run: RunConfig, saved_tokenizer: str, tokenizer: str,
                     where: str) -> None:
-    """ConfigError naming the first option that differs from the checkpoint's run."""
+    """ConfigError naming the first option that differs from the checkpoint's run. Options the
+    saved config lacks (added to arlm_jax after it was written) take their defaults."""
+    try:
+        saved = to_dict(from_dict(saved))
+    except ConfigError as err:
+        raise ConfigError(f"--resume: the checkpoint's config in {where} is not one this version "
+                          f"reads ({err})") from err
     old, new = _flatten(saved), _flatten(to_dict(run))
     for name in sorted(set(old) | set(new)):
         if name not in RESUMABLE_CHANGES and old.get(name) != new.get(name):
