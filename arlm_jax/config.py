@@ -29,7 +29,7 @@ def model_preset(name: str, family: str = "transformer") -> Any:
 class TrainConfig:
     """Optimisation, schedule, logging and checkpointing of a training run."""
 
-    steps: int = 600
+    steps: int = 1000
     """optimizer steps (the default demo takes about 3 minutes on 2 CPU cores)"""
     batch_size: int = 16
     """sequences per optimizer step (split over grad_accum micro-batches)"""
@@ -57,8 +57,8 @@ class TrainConfig:
     """AdamW second-moment decay"""
     eps: float = 1e-8
     """AdamW epsilon"""
-    optimizer: str = "adamw"
-    """adamw | muon (Muon on the hidden matrices, AdamW on the rest; docs/optimizers.md)"""
+    optimizer: str = "muon"
+    """muon (Muon on the hidden matrices, AdamW on the rest; docs/optimizers.md) | adamw"""
     muon_lr: float = 0.02
     """muon: peak learning rate of the hidden matrices (the AdamW rest keeps lr; same schedule)"""
     muon_beta: float = 0.95

@@ -18,13 +18,13 @@ def test_plan_counts_every_layer_and_sizes_the_shards(capsys):
     code, out, err = arlm("plan", "--preset", "tiny", "--model.n_layers", "3", "--model.n_heads", "8",
                           "--model.d_model", "64", "--model.vocab_size", "128", "--devices", "8",
                           "--mesh.data", "2", "--mesh.fsdp", "2", "--mesh.tensor", "2",
-                          "--train.batch_size", "8", "--decode-batch", "4", "--decode-len", "16",
-                          "--json", capsys=capsys)
+                          "--train.batch_size", "8", "--train.optimizer", "adamw", "--decode-batch", "4",
+                          "--decode-len", "16", "--json", capsys=capsys)
     assert code == 0, err
     p = json.loads(out)
     assert p["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2} and p["devices"] == 8
     run = RunConfig(preset="tiny", model=tiny(n_layers=3, n_heads=8, d_model=64, vocab_size=128),
-                    train=TrainConfig(batch_size=8), mesh=MeshConfig(data=2, fsdp=2, tensor=2))
+                    train=TrainConfig(batch_size=8, optimizer="adamw"), mesh=MeshConfig(data=2, fsdp=2, tensor=2))
     # slow twin of the scan correction: the same step with all layers unrolled, counted whole
     unrolled = dataclasses.replace(run, model=dataclasses.replace(run.model, scan_unroll=3))
     mesh = plan_lib.make_mesh(2, 2, 2, plan_lib.simulate_devices(8))

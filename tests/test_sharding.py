@@ -81,7 +81,7 @@ def test_parameters_get_the_rule_tables_specs():
 
 
 def test_optimizer_state_follows_the_parameters():
-    cfg, tc = _gqa(), TrainConfig(batch_size=8)
+    cfg, tc = _gqa(), TrainConfig(batch_size=8, optimizer="adamw")
     opt = T_optim.make_optimizer(tc, cfg)
     state = jax.eval_shape(lambda: T.init_state(jax.random.key(0), cfg, opt))
     shardings = sh.state_shardings(state, AX(state.params), mesh_lib.make_mesh(1, 4, 2))
