@@ -40,6 +40,7 @@ from results_io import RESULTS, write_result  # noqa: E402
 RECIPES: dict[str, list[str]] = {
     "adamw": ["--train.optimizer", "adamw"],
     "muon": ["--train.optimizer", "muon"],
+    "muon-bf16mm": ["--train.optimizer", "muon", "--model.matmul_dtype", "bfloat16"],
 }
 LOOP_LINE = re.compile(r"loop: (\d+) steps in ([\d.]+)s after a first step of ([\d.]+)s")
 

@@ -105,6 +105,40 @@ def test_bfloat16_compute_close_to_float32():
     np.testing.assert_allclose(np.asarray(l16), np.asarray(l32), atol=0.1, rtol=0.05)
 
 
+def _round_bf16(x):
+    return np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32), np.float64)
+
+
+def test_mixed_matmul_and_its_gradients_match_numpy_on_rounded_operands():
+    """Slow twin of layers.mixed_matmul: float64 numpy on the bfloat16-rounded operands, in the
+    forward pass and in both backward matmuls (the cotangent rounded too)."""
+    from arlm_jax.models.layers import mixed_matmul
+    kx, kw, kg = jax.random.split(jax.random.key(3), 3)
+    x, w, g = (jax.random.normal(k, s) for k, s in ((kx, (24, 16)), (kw, (16, 8)), (kg, (24, 8))))
+    y, vjp = jax.vjp(lambda a, b: mixed_matmul(a, b, jnp.dtype(jnp.bfloat16)), x, w)
+    dx, dw = vjp(g)
+    assert y.dtype == dx.dtype == dw.dtype == jnp.float32
+    xr, wr, gr = _round_bf16(x), _round_bf16(w), _round_bf16(g)
+    np.testing.assert_allclose(np.asarray(y), xr @ wr, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dx), gr @ wr.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dw), xr.T @ gr, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.asarray(y), np.asarray(x) @ np.asarray(w), rtol=1e-6, atol=1e-6)  # rounded
+
+
+def test_bfloat16_matmuls_keep_float32_activations_close_to_float32():
+    cfg32 = tiny()
+    cfg_mm = tiny(matmul_dtype="bfloat16")
+    params = randomise(A.init(jax.random.key(0), cfg32))
+    batch = {"tokens": _tokens(cfg32)}
+    loss = lambda cfg: jax.jit(jax.value_and_grad(lambda p: A.loss_fn(p, batch, cfg)[0]))(params)  # noqa: E731
+    (l32, g32), (lmm, gmm) = loss(cfg32), loss(cfg_mm)
+    assert float(l32) != float(lmm)  # bf16 really was used
+    np.testing.assert_allclose(float(lmm), float(l32), rtol=0.02)
+    for a, b in zip(jax.tree.leaves(gmm), jax.tree.leaves(g32)):
+        assert a.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=0.05 * float(np.abs(b).max()) + 1e-6)
+
+
 def test_dropout_only_with_a_key():
     cfg = tiny(dropout=0.3)
     params = A.init(jax.random.key(0), cfg)

@@ -8,6 +8,7 @@ H query heads, K kv heads, G = H // K, E head dim, F hidden MLP dim, V vocab.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -202,13 +203,50 @@ def _pv(w: Array, vt: Array, dtype) -> Array:
 
 
 # ---- MLP and dropout ---------------------------------------------------------------------
-def dense(x: Array, w: Array, b: Array | None = None) -> Array:
+def dense(x: Array, w: Array, b: Array | None = None, operand_dtype=None) -> Array:
     """x [..., N] @ w [N, M] (+ b [M]) -> [..., M], computed as one 2-D matmul [prod(...), N] x
     [N, M]. On XLA:CPU a 3-D activation times a 2-D weight made the backward pass transpose
     its [B, T, M] cotangent in a slow loop fusion; the flat form keeps plain GEMMs in both
-    directions (docs/benchmarks.md, issue 13)."""
-    y = (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
+    directions (docs/benchmarks.md, issue 13).
+
+    ``operand_dtype`` (e.g. bfloat16): the operands are rounded to it and the products
+    accumulated and returned in float32, in the backward pass too (``mixed_matmul``)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if operand_dtype is None or operand_dtype == x.dtype == w.dtype:
+        y = x2 @ w
+    else:
+        y = mixed_matmul(x2, w, jnp.dtype(operand_dtype)).astype(x.dtype)
+    y = y.reshape(*x.shape[:-1], w.shape[-1])
     return y if b is None else y + b
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def mixed_matmul(x: Array, w: Array, operand_dtype) -> Array:
+    """x [N, K] @ w [K, M] with both operands rounded to ``operand_dtype`` -> float32 [N, M].
+
+    Its backward computes dx = g w^T and dw = x^T g the same way (g rounded once). Left to
+    autodiff, the backward matmuls would return ``operand_dtype``, and on XLA:CPU a bfloat16
+    matmul with a bfloat16 result runs ~6x slower than one accumulating into float32
+    (docs/benchmarks.md, issue 13)."""
+    return jnp.dot(x.astype(operand_dtype), w.astype(operand_dtype), preferred_element_type=jnp.float32)
+
+
+def _mixed_matmul_fwd(x: Array, w: Array, operand_dtype) -> tuple[Array, tuple]:
+    xl, wl = x.astype(operand_dtype), w.astype(operand_dtype)
+    # zero-size arrays carry the primal dtypes (a residual must be an array)
+    dtypes = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
+    return jnp.dot(xl, wl, preferred_element_type=jnp.float32), (xl, wl, dtypes)
+
+
+def _mixed_matmul_bwd(operand_dtype, res: tuple, g: Array) -> tuple[Array, Array]:
+    xl, wl, (x_like, w_like) = res
+    gl = g.astype(operand_dtype)
+    dx = jnp.dot(gl, wl.T, preferred_element_type=jnp.float32)
+    dw = jnp.dot(xl.T, gl, preferred_element_type=jnp.float32)
+    return dx.astype(x_like.dtype), dw.astype(w_like.dtype)
+
+
+mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)
 
 
 _GELU_C = math.sqrt(2.0 / math.pi)
@@ -237,17 +275,19 @@ def _gelu_tanh_bwd(x: Array, g: Array) -> tuple[Array]:
 gelu_tanh.defvjp(_gelu_tanh_fwd, _gelu_tanh_bwd)
 
 
-def mlp(p: dict, x: Array, kind: str) -> Array:
+def mlp(p: dict, x: Array, kind: str, operand_dtype=None) -> Array:
     """Position-wise feed-forward. x [B, T, D] -> [B, T, D].
 
     gelu:   w_in [D, F], w_out [F, D] (+ b_in [F], b_out [D] when present), tanh-GELU as GPT-2.
     swiglu: w_gate, w_up [D, F], w_down [F, D] (LLaMA).
+    ``operand_dtype``: of the matmuls, as in ``dense``.
     """
+    mm = functools.partial(dense, operand_dtype=operand_dtype)
     if kind == "swiglu":
-        h = jax.nn.silu(dense(x, p["w_gate"])) * dense(x, p["w_up"])
-        return dense(h, p["w_down"])
-    h = gelu_tanh(dense(x, p["w_in"], p.get("b_in")))
-    return dense(h, p["w_out"], p.get("b_out"))
+        h = jax.nn.silu(mm(x, p["w_gate"])) * mm(x, p["w_up"])
+        return mm(h, p["w_down"])
+    h = gelu_tanh(mm(x, p["w_in"], p.get("b_in")))
+    return mm(h, p["w_out"], p.get("b_out"))
 
 
 def dropout(x: Array, rate: float, key: Array) -> Array:

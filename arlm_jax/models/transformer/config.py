@@ -55,6 +55,9 @@ class TransformerConfig:
     """applied only when forward() is given a dropout key"""
     dtype: str = "float32"
     """compute dtype; params, softmax and loss stay float32"""
+    matmul_dtype: str = ""
+    """'' -> dtype; bfloat16: projection and MLP matmul operands rounded to bfloat16, products
+    accumulated and returned in float32 (2-4x faster matmuls on CPUs with AVX-512-BF16 or AMX)"""
     remat: str = "none"
     """none | full | dots (save matmul outputs only)"""
     scan_unroll: int = 1
@@ -115,6 +118,8 @@ class TransformerConfig:
         check_choice(self, "norm_position", NORM_POSITIONS, p)
         check_choice(self, "mlp", MLPS, p)
         check_choice(self, "dtype", DTYPES, p)
+        if self.matmul_dtype:
+            check_choice(self, "matmul_dtype", DTYPES, p)
         check_choice(self, "remat", REMAT, p)
         return self
 

@@ -82,6 +82,11 @@ def init(key: Array, cfg: ModelConfig) -> dict:
     return params
 
 
+def _matmul_dtype(cfg: ModelConfig):
+    """The operand dtype of the projection and MLP matmuls (``matmul_dtype``; '' -> ``dtype``)."""
+    return DTYPES[cfg.matmul_dtype or cfg.dtype]
+
+
 def _attention_block(p: dict, x: Array, positions: Array, mask: Array, bias: Array | None,
                      cfg: ModelConfig, key: Array | None, kv: tuple | None) -> tuple[Array, tuple | None]:
     """Self-attention sub-layer. x [B, T, D] -> ([B, T, D], kv).
@@ -95,7 +100,8 @@ def _attention_block(p: dict, x: Array, positions: Array, mask: Array, bias: Arr
     # Projections as plain [.., D] x [D, N*E] matmuls on reshaped (bitcast) weights: with the
     # 3-index einsum XLA:CPU picked layouts that copied wo ([H, E, D]) on every decode step.
     b, t, d = x.shape
-    proj = lambda w: layers.dense(x, w.reshape(d, -1)).reshape(b, t, w.shape[1], w.shape[2])  # noqa: E731
+    mm = _matmul_dtype(cfg)
+    proj = lambda w: layers.dense(x, w.reshape(d, -1), None, mm).reshape(b, t, w.shape[1], w.shape[2])  # noqa: E731
     q, k, v = proj(p["wq"]), proj(p["wk"]), proj(p["wv"])
     if "bq" in p:
         q, k, v = q + p["bq"], k + p["bk"], v + p["bv"]
@@ -115,7 +121,7 @@ def _attention_block(p: dict, x: Array, positions: Array, mask: Array, bias: Arr
         after = 0.0 * o.reshape(b, t, k.shape[2], -1)[..., :1]
         k_buf, v_buf = kvcache.write(k_buf, k + after, starts), kvcache.write(v_buf, v + after, starts)
         kv = (k_buf, v_buf, starts)
-    return layers.dense(o.reshape(b, t, -1), p["wo"].reshape(-1, d), p.get("bo")), kv
+    return layers.dense(o.reshape(b, t, -1), p["wo"].reshape(-1, d), p.get("bo"), mm), kv
 
 
 def _block(cfg: ModelConfig, x: Array, p: dict, key: Array | None, positions: Array, mask: Array,
@@ -127,11 +133,11 @@ def _block(cfg: ModelConfig, x: Array, p: dict, key: Array | None, positions: Ar
     if cfg.norm_position == "pre":
         h, kv = _attention_block(p["attn"], norm(p["attn_norm"], x), positions, mask, bias, cfg, keys[0], kv)
         x = x + drop(h, keys[1])
-        x = x + drop(layers.mlp(p["mlp"], norm(p["mlp_norm"], x), cfg.mlp), keys[2])
+        x = x + drop(layers.mlp(p["mlp"], norm(p["mlp_norm"], x), cfg.mlp, _matmul_dtype(cfg)), keys[2])
     else:
         h, kv = _attention_block(p["attn"], x, positions, mask, bias, cfg, keys[0], kv)
         x = norm(p["attn_norm"], x + drop(h, keys[1]))
-        x = norm(p["mlp_norm"], x + drop(layers.mlp(p["mlp"], x, cfg.mlp), keys[2]))
+        x = norm(p["mlp_norm"], x + drop(layers.mlp(p["mlp"], x, cfg.mlp, _matmul_dtype(cfg)), keys[2]))
     return x, kv
 
 
