@@ -76,7 +76,7 @@ CONFIGS = {
     "gpt2-350m": ("gpt2_350m", 4, 256),
 }
 MODEL_FIELDS = ("vocab_size", "n_layers", "n_heads", "d_model", "ff_dim", "pos", "norm", "norm_position", "mlp",
-                "tie_embeddings", "bias", "dtype")
+                "tie_embeddings", "bias", "dtype", "scan_unroll", "matmul_dtype")
 
 
 def model_config(preset: str | dict) -> ModelConfig:
@@ -102,7 +102,8 @@ def train_config(batch: int, seq: int) -> TrainConfig:
     from arlm_jax.config import TrainConfig
 
     return TrainConfig(batch_size=batch, seq_len=seq, lr=3e-4, schedule="constant", warmup_steps=0,
-                       weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0).validate()
+                       weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0,
+                       optimizer="adamw").validate()  # the HF side runs torch's AdamW
 
 
 def setup(name: str, args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
@@ -111,7 +112,21 @@ def setup(name: str, args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig
     batch, seq = args.batch or default_batch, args.seq or default_seq
     base = model_config(preset)
     cfg = gpt2_arch(dataclasses.replace(base, max_len=max(base.max_len, seq)), args.dtype)
-    return cfg, train_config(batch, seq)
+    return apply_sets(cfg, args.set), train_config(batch, seq)
+
+
+def apply_sets(cfg: ModelConfig, sets: list[str]) -> ModelConfig:
+    """``--set field=value`` overrides of our model config (values parsed as JSON, else strings)."""
+    import json
+
+    changes = {}
+    for item in sets:
+        name, _, value = item.partition("=")
+        try:
+            changes[name] = json.loads(value)
+        except json.JSONDecodeError:
+            changes[name] = value
+    return dataclasses.replace(cfg, **changes).validate() if changes else cfg
 
 
 def n_steps(name: str, args: argparse.Namespace) -> int:
@@ -197,7 +212,7 @@ def ours_worker(args: argparse.Namespace) -> dict:
     data = random_batches(args.warmup + n_steps(args.config, args), tc.batch_size, tc.seq_len, cfg.vocab_size)
     ours = Ours(cfg, tc, data[0])
     times, loss = timed_steps(ours.step, data, args.warmup)
-    out = {"model": {k: getattr(cfg, k) for k in MODEL_FIELDS}, "batch": tc.batch_size, "seq_len": tc.seq_len,
+    out = {"model": {k: getattr(cfg, k, None) for k in MODEL_FIELDS}, "batch": tc.batch_size, "seq_len": tc.seq_len,
            "jax_version": jax.__version__, "device": str(jax.devices()[0]),
            "flops_per_token": flops_per_token(cfg, tc.seq_len), "peak_flops": peak,
            "compile_s": ours.compile_s, "params": ours.n_params, "times": times, "final_loss": loss}
@@ -335,6 +350,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None,
                     help="worker processes per side, alternating (default 3; 1 with --no-torch)")
     ap.add_argument("--no-torch", action="store_true", help="skip the Hugging Face comparison")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="change a field of our model config, e.g. bias=false or scan_unroll=4 (with --no-torch)")
     ap.add_argument("--out", default=None)
     add_worker_args(ap)
     args = ap.parse_args()
@@ -343,6 +360,8 @@ def main() -> None:
         return
 
     with_torch = not args.no_torch and importable("torch", "transformers")
+    if with_torch and args.set:
+        ap.error("--set changes only our model: add --no-torch (the HF side is GPT-2 as it is)")
     if with_torch and args.dtype != "float32":
         ap.error("--dtype bfloat16 compares against nothing: add --no-torch (the HF side is float32)")
     if args.rounds is not None and args.rounds < 1:
