@@ -233,16 +233,19 @@ def mixed_matmul(x: Array, w: Array, operand_dtype) -> Array:
 
 def _mixed_matmul_fwd(x: Array, w: Array, operand_dtype) -> tuple[Array, tuple]:
     xl, wl = x.astype(operand_dtype), w.astype(operand_dtype)
+    # x^T kept physically transposed for dw's matmul (flattened behind a barrier, so XLA
+    # cannot fold the transpose back into the matmul as a contraction over dimension 0)
+    xt = jax.lax.optimization_barrier(xl.T.reshape(-1)).reshape(xl.shape[1], xl.shape[0])
     # zero-size arrays carry the primal dtypes (a residual must be an array)
     dtypes = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
-    return jnp.dot(xl, wl, preferred_element_type=jnp.float32), (xl, wl, dtypes)
+    return jnp.dot(xl, wl, preferred_element_type=jnp.float32), (xt, wl, dtypes)
 
 
 def _mixed_matmul_bwd(operand_dtype, res: tuple, g: Array) -> tuple[Array, Array]:
-    xl, wl, (x_like, w_like) = res
+    xt, wl, (x_like, w_like) = res
     gl = g.astype(operand_dtype)
-    dx = jnp.dot(gl, wl.T, preferred_element_type=jnp.float32)
-    dw = jnp.dot(xl.T, gl, preferred_element_type=jnp.float32)
+    dx = jnp.dot(gl, wl.T, preferred_element_type=jnp.float32)  # [N, M] x [K, M]^T: fast as is
+    dw = jnp.dot(xt, gl, preferred_element_type=jnp.float32)  # [K, N] x [N, M]
     return dx.astype(x_like.dtype), dw.astype(w_like.dtype)
 
 
