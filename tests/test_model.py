@@ -105,6 +105,16 @@ def test_bfloat16_compute_close_to_float32():
     np.testing.assert_allclose(np.asarray(l16), np.asarray(l32), atol=0.1, rtol=0.05)
 
 
+def test_gelu_tanh_and_its_own_backward_match_autodiff_of_jax_gelu():
+    from arlm_jax.models.layers import gelu_tanh
+    x = jnp.linspace(-6.0, 6.0, 1001)
+    ref = lambda v: jax.nn.gelu(v, approximate=True)  # noqa: E731
+    np.testing.assert_allclose(np.asarray(gelu_tanh(x)), np.asarray(ref(x)), rtol=1e-6, atol=1e-6)
+    g = jax.vmap(jax.grad(gelu_tanh))(x)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(jax.vmap(jax.grad(ref))(x)), rtol=1e-5, atol=1e-5)
+    assert float(g.min()) < -0.1 and float(g.max()) > 1.05  # the dip and the overshoot are there
+
+
 def _round_bf16(x):
     return np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32), np.float64)
 
