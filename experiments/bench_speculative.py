@@ -12,7 +12,8 @@ folder with the same configuration is loaded instead of retrained (--retrain for
 Both models are put in the decode layout once before timing (``unstack_blocks``). Each case is
 compiled by one untimed call; timed calls interleave plain and speculative runs with a 0.3 s
 pause before each (as bench_decode did before it ran each side in its own process), same key
-every repeat; figures are medians. Greedy speculative tokens are compared with greedy plain tokens; the JSON keeps the plain outputs as text
+every repeat; figures are medians. Greedy speculative tokens are compared with greedy plain
+tokens; the JSON keeps the plain outputs as text
 (a briefly trained target's greedy text is mostly whitespace runs, which any drafter predicts).
 
 Target (CPU): the best k >= 1.8x the tokens/s of plain decoding of the same target at batch 1.
