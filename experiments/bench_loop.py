@@ -21,8 +21,6 @@ import argparse
 import json
 import os
 import platform
-import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,29 +31,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from arlm_run import arlm_train, loop_figures  # noqa: E402
 from results_io import write_result  # noqa: E402
-
-LOOP_LINE = re.compile(r"loop: (\d+) steps in ([\d.]+)s after a first step of ([\d.]+)s .*?: ([\d,]+) tok/s, "
-                       r"of which validation ([\d.]+)s and checkpoint queuing ([\d.]+)s")
-
 
 def run_loop(train_args: list[str], out_dir: Path) -> dict:
     """One ``arlm train`` in its own process -> its wall clock and its loop line."""
-    arlm = shutil.which("arlm", path=str(Path(sys.executable).parent)) or "arlm"
-    cmd = [arlm, "train", *train_args, "--train.out_dir", str(out_dir), "--train.progress", "false"]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.exit(f"bench_loop: `{' '.join(cmd)}` failed:\n{proc.stderr[-2000:]}")
-    m = LOOP_LINE.search(proc.stdout)
-    if m is None:
-        sys.exit(f"bench_loop: no 'loop:' line in the output of `{' '.join(cmd)}`")
-    steps, secs, first, tps, ev, ck = m.groups()
-    val = re.findall(r"bits/byte ([\d.]+)", proc.stdout)
-    return {"wall_s": wall, "loop_steps": int(steps), "loop_s": float(secs), "first_step_s": float(first),
-            "tokens_per_s": float(tps.replace(",", "")), "validation_s": float(ev),
-            "checkpoint_queuing_s": float(ck), "final_bpb": float(val[-1]) if val else None}
+    wall, out = arlm_train(train_args, out_dir, "bench_loop")
+    return {"wall_s": wall, **loop_figures(out, "bench_loop")}
 
 
 def step_worker(config_json: str, steps: int) -> dict:

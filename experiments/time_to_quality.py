@@ -24,9 +24,7 @@ import json
 import math
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from arlm_run import arlm_train, loop_figures  # noqa: E402
 from results_io import RESULTS, write_result  # noqa: E402
+
+CALLER = "time_to_quality"
 
 # name -> `arlm train` options on top of the defaults (the demo)
 RECIPES: dict[str, list[str]] = {
@@ -42,30 +43,15 @@ RECIPES: dict[str, list[str]] = {
     "muon": ["--train.optimizer", "muon"],
     "muon-bf16mm": ["--train.optimizer", "muon", "--model.matmul_dtype", "bfloat16"],
 }
-LOOP_LINE = re.compile(r"loop: (\d+) steps in ([\d.]+)s after a first step of ([\d.]+)s")
-
-
-def arlm_train(options: list[str], out_dir: Path) -> tuple[float, str]:
-    """Run ``arlm train`` in its own process -> (wall seconds, stdout)."""
-    exe = Path(sys.executable).with_name("arlm")
-    cmd = [str(exe) if exe.exists() else "arlm", "train", *options, "--train.out_dir", str(out_dir),
-           "--train.progress", "false"]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"time_to_quality: `{' '.join(cmd)}` failed:\n{proc.stderr[-2000:]}")
-    return time.perf_counter() - t0, proc.stdout
 
 
 def calibrate(options: list[str], tmp: Path, budget: float, probe_steps: int) -> dict:
     """Steps that fill ``budget`` seconds: a short run gives the loop's seconds per step and the
     fixed cost (the wall clock outside the loop); a full run's extra validations are added."""
     wall, out = arlm_train([*options, "--train.steps", str(probe_steps), "--train.sample_tokens", "0"],
-                           tmp / "probe")
-    m = LOOP_LINE.search(out)
-    if m is None:
-        sys.exit("time_to_quality: the probe run printed no 'loop:' line")
-    n, loop_s = int(m.group(1)), float(m.group(2))
+                           tmp / "probe", CALLER)
+    loop = loop_figures(out, CALLER)
+    n, loop_s = loop["loop_steps"], loop["loop_s"]
     per_step = loop_s / max(n, 1)
     fixed = wall - loop_s + 5.0  # + the final sample's compile and a margin
     steps = max(int((budget - fixed) / per_step), probe_steps)
@@ -138,7 +124,7 @@ def main() -> None:
                 run_dir = Path(tmp) / f"{name}_seed{seed}"
                 options = [*RECIPES[name], *args.extra, "--train.steps", str(plan[name]["steps"]),
                            "--train.seed", str(seed)]
-                wall, out = arlm_train(options, run_dir)
+                wall, _ = arlm_train(options, run_dir, CALLER)
                 pts = curve(run_dir)
                 runs[name].append({"seed": seed, "wall_s": wall, "final_bpb": pts[-1]["bpb"], "curve": pts})
                 print(f"{name} seed {seed}: {pts[-1]['bpb']:.3f} bits/byte in {wall:.0f} s", file=sys.stderr,
