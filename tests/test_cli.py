@@ -190,7 +190,7 @@ def test_config_files_toml_and_json(tmp_path):
     ('{"train": {"progress": "maybe"}}', "train.progress='maybe' is not true or false"),
     ('{"model": {"family": "bigram", "n_heads": 4}}', "model.n_heads is not an option: model.family='bigram' "
                                                       "has no n_heads (model.family transformer has)"),
-    ('{"model": {"family": "gru"}}', "model.family='gru' is unknown; choose one of"),
+    ('{"model": {"family": "mamba"}}', "model.family='mamba' is unknown; choose one of"),
     ('[1, 2]', "holds no sections"),
 ])
 def test_bad_config_file_is_one_line(tmp_path, text, needle, capsys):
@@ -238,7 +238,7 @@ def test_tokenizer_train_command(tmp_path, corpus, capsys):
     (["train", "--model.family", "bigram", "--model.n_heads", "4"],
      "unknown option '--model.n_heads': model.family='bigram' has no n_heads (model.family transformer has); "
      "the options of model.family='bigram' are family, vocab_size, d_model, decay, dtype, init_std"),
-    (["info", "--model.family", "gru"], "model.family='gru' is unknown; choose one of " + ", ".join(families())),
+    (["info", "--model.family", "mamba"], "model.family='mamba' is unknown; choose one of " + ", ".join(families())),
     (["info", "--model.family", "bigram", "--preset", "gpt2-124m"],
      "preset='gpt2-124m' is unknown for model.family='bigram'; choose one of tiny, demo"),
     (["eval", "/r", "--model.n_layers", "2"], "unknown option '--model.n_layers'"),

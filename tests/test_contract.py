@@ -54,11 +54,27 @@ def _scaled_params(cfg, seed):  # the bigram's init std (0.02) gives near-unifor
     return jax.tree.map(lambda x: 50.0 * x, A.init(jax.random.key(seed), cfg))
 
 
+def _recurrent_params(cfg, seed):  # a larger embedding (and head) than the init's: non-flat logits
+    params = A.init(jax.random.key(seed), cfg)
+    big = {k: jax.tree.map(lambda x: 20.0 * x, params[k]) for k in ("embed", "lm_head") if k in params}
+    return {**params, **big}
+
+
+def _recurrent(family: str, **kw):
+    return lambda: dataclasses.replace(A.model_preset("tiny", family), **kw).validate()
+
+
 CASES = [
     Case("transformer-rope", lambda: tiny(pos="rope", n_kv_heads=2), _transformer_params),
     Case("transformer-learned", lambda: tiny(), _transformer_params),
     Case("bigram", lambda: BigramConfig(vocab_size=64, d_model=16, decay=0.5).validate(), _scaled_params),
+    Case("lstm", _recurrent("lstm"), _recurrent_params),
+    Case("gru", _recurrent("gru"), _recurrent_params),
+    Case("rnn", _recurrent("rnn"), _recurrent_params),
+    Case("lstm-untied", _recurrent("lstm", tie_embeddings=False, n_layers=3, d_hidden=48, history=4),
+         _recurrent_params),
 ]
+BY_NAME = {c.name: c for c in CASES}
 
 
 def _first_of_each_family(cases: list[Case]) -> list[Case]:
@@ -226,9 +242,11 @@ def test_beam_search_width_one_is_greedy(case):
     np.testing.assert_allclose(beam.logprobs[:, 0], greedy.logprobs.sum(1), atol=1e-4)
 
 
-# (target, draft): each family drafting for itself (other weights), and across families a bigram
-# draft for a Transformer target.
-DRAFT_PAIRS = [(c, c) for c in FAMILY_CASES] + [(CASES[0], CASES[2])]
+# (target, draft): each family drafting for itself (other weights), and across families: bigram,
+# LSTM and GRU drafts for a Transformer target, a Transformer draft for an LSTM target.
+CROSS_PAIRS = [(BY_NAME[t], BY_NAME[d]) for t, d in (("transformer-rope", "bigram"), ("transformer-rope", "lstm"),
+                                                     ("transformer-learned", "gru"), ("lstm", "transformer-rope"))]
+DRAFT_PAIRS = [(c, c) for c in FAMILY_CASES] + CROSS_PAIRS
 
 
 @pytest.mark.parametrize("target,draft", DRAFT_PAIRS, ids=lambda c: c.name)
@@ -245,15 +263,21 @@ def test_greedy_speculative_equals_greedy_generate(target, draft):
     np.testing.assert_allclose(spec.out.logprobs, plain.logprobs, atol=1e-4)
 
 
-@per_family
-def test_sampled_speculative_output_follows_the_target_distribution(case):
+# Sampled: each family drafting for itself, and a recurrent draft for a Transformer target and
+# the other way round.
+SAMPLED_PAIRS = [(c, c) for c in FAMILY_CASES] + [(BY_NAME["transformer-rope"], BY_NAME["lstm"]),
+                                                  (BY_NAME["gru"], BY_NAME["transformer-learned"])]
+
+
+@pytest.mark.parametrize("target,draft", SAMPLED_PAIRS, ids=lambda c: c.name)
+def test_sampled_speculative_output_follows_the_target_distribution(target, draft):
     """Three sampled tokens over an 8-token vocabulary, 8,000 identical rows in one call: the
     empirical joint of (token 1, token 2) and of (token 2, token 3) against the exact target
     probabilities from the full forward (token 3 is an accepted draft, a residual draw after a
     rejection, or the next pass's first token after a rollback)."""
     v, n, sampler = 8, 8000, A.Sampler(temperature=1.0)
-    cfg, tp = _model(case, seed=2, vocab_size=v)
-    dcfg, dp = _model(case, seed=7, vocab_size=v)
+    cfg, tp = _model(target, seed=2, vocab_size=v)
+    dcfg, dp = _model(draft, seed=7, vocab_size=v)
     _needs("rollback", cfg)
     prompt = [1, 3, 0, 2]
     spec = A.speculative_generate(tp, cfg, dp, dcfg, jnp.asarray([prompt] * n), jax.random.key(11), k=2,

@@ -256,6 +256,11 @@ def speculative_generate(target_params: dict, target_cfg: Any, draft_params: dic
         family_of(draft_cfg).require("rollback", "speculative decoding (the draft)")
     prompts, lengths = check_inputs(target_cfg, prompts, lengths, max_new_tokens, sampler)
     models = [target_cfg] + ([draft_cfg] if draft_params is not None else [])
+    for role, c in zip(("target", "draft"), models):  # a verify pass rolls back up to k tokens
+        depth = family_of(c).max_rollback(c)
+        if depth is not None and k > depth:
+            raise ConfigError(f"k={k}: the {role} (model.family={c.family!r}) can roll back at most {depth} "
+                              f"tokens, and speculative decoding rolls back up to k; allowed k <= {depth}")
     room = min([n for n in (family_of(c).context_len(c) for c in models) if n is not None], default=None)
     need = prompts.shape[1] + max_new_tokens + k
     if room is not None and need > room:

@@ -1,10 +1,10 @@
 """Model families behind one interface (api.py) and their registry; shared layers (layers.py).
 
-Importing this package registers the built-in families: ``transformer`` and ``bigram`` (a toy
-that docs/model-families.md builds step by step).
+Importing this package registers the built-in families: ``transformer``, the recurrent ``rnn``,
+``lstm`` and ``gru``, and ``bigram`` (a toy that docs/model-families.md builds step by step).
 """
 
 from arlm_jax.models.api import Family, families, family_of, get_family, register
-from arlm_jax.models import bigram, transformer  # noqa: F401  (each registers its family)
+from arlm_jax.models import bigram, rnn, transformer  # noqa: F401  (each registers its family)
 
 __all__ = ["Family", "families", "family_of", "get_family", "register"]

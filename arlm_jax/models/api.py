@@ -37,6 +37,9 @@ Optional operations (None when a family lacks them; the callers say so in one li
     rollback(state, lengths int32 [B]) -> state             each row cut back to ``lengths``
                                                            tokens, after a forward that read
                                                            more (speculative decoding)
+    max_rollback(cfg) -> int | None                         the most tokens one rollback may
+                                                           remove (None: any; a recurrent
+                                                           state keeps only its last few)
     fit(cfg, tokens, train_cfg) -> params                   a fitting step for a family that is
                                                            not trained by gradient descent
                                                            (n-gram counts) from the training
@@ -83,6 +86,7 @@ class Family:
     decode_params: Callable[[Any, Any], Any] = lambda params, cfg: params
     reorder: Callable[[Any, Array], Any] | None = None
     rollback: Callable[[Any, Array], Any] | None = None
+    max_rollback: Callable[[Any], int | None] = lambda cfg: None
     fit: Callable[..., Any] | None = None
     # For ``arlm plan``'s FLOP count of a step whose layers are scanned (XLA counts a loop body
     # once): the config with n layers, all unrolled, and the config's number of layers.

@@ -30,6 +30,9 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("norm", None),  # norm scales and the d_model biases: small, replicated
     ("length", None),  # positions: learned table rows, sequence, cache slots
     ("act_embed", None),  # d_model of activations (replicated: no sequence parallelism)
+    ("hidden", "fsdp"),  # a recurrent layer's units (its kernels' inputs: FSDP shards them)
+    ("gates", None),  # a recurrent layer's gate pre-activations: every step needs all of them
+    ("act_hidden", None),  # a recurrent decoding state's units
 )
 
 
