@@ -2,6 +2,7 @@
 
     python experiments/time_to_quality.py                       # 3 minutes, 3 seeds, every recipe
     python experiments/time_to_quality.py --budget 60 --seeds 1 --recipes adamw muon
+    python experiments/time_to_quality.py --study history --budget 300 --seeds 1   # RNN, GRU, LSTM, Transformer
 
 Each run is ``arlm train`` in its own process, as a user runs it (the demo's model, data and
 cadence, plus the recipe's options), and the budget is that process's whole wall clock:
@@ -43,6 +44,16 @@ RECIPES: dict[str, list[str]] = {
     "muon": ["--train.optimizer", "muon"],
     "muon-bf16mm": ["--train.optimizer", "muon", "--model.matmul_dtype", "bfloat16"],
 }
+# The history of autoregressive LMs, measured (--study history): each family at about the
+# demo Transformer's 0.84M parameters (`arlm info` with these options: rnn 0.87M, gru 0.84M,
+# lstm 0.85M, transformer 0.84M), the demo's data, optimizer and cadence.
+HISTORY: dict[str, list[str]] = {
+    "rnn": ["--model.family", "rnn", "--model.d_embed", "256", "--model.d_hidden", "640"],
+    "gru": ["--model.family", "gru", "--model.d_embed", "192", "--model.d_hidden", "320"],
+    "lstm": ["--model.family", "lstm", "--model.d_embed", "192", "--model.d_hidden", "256"],
+    "transformer": [],
+}
+STUDIES = {"recipes": RECIPES, "history": HISTORY}
 
 
 def calibrate(options: list[str], tmp: Path, budget: float, probe_steps: int) -> dict:
@@ -74,6 +85,17 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def table(result: dict) -> str:
+    """The study as a Markdown table: steps in the budget, final bits/byte, p against the best."""
+    rows = ["| arm | steps in the budget | final bits/byte | p vs best |", "|---|---|---|---|"]
+    for name, rec in result["recipes"].items():
+        p = rec["p_value_vs_best"]
+        p_text = "best" if name == result["best"] else ("—" if p is None else f"{p:.2g}")
+        rows.append(f"| {name} | {rec['steps']:,} | {rec['final_bpb_mean']:.3f} ± {rec['final_bpb_std']:.3f} "
+                    f"| {p_text} |")
+    return "\n".join(rows)
+
+
 def plot(result: dict, path: Path) -> None:
     try:
         import matplotlib
@@ -91,7 +113,8 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xlabel("seconds since `arlm train` opened the run")
     ax.set_ylabel("validation bits/byte")
     ax.set_ylim(top=min(4.0, ax.get_ylim()[1]))
-    ax.set_title(f"time to quality, {result['budget_s']:.0f} s budget, {result['seeds']} seeds")
+    what = "time to quality" if result.get("study", "recipes") == "recipes" else "one model of each family"
+    ax.set_title(f"{what}, {result['budget_s']:.0f} s budget, {result['seeds']} seed(s)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -102,27 +125,34 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=float, default=180.0, help="wall-clock seconds per run")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
+    ap.add_argument("--study", choices=list(STUDIES), default="recipes",
+                    help="recipes: optimizers on the demo model; history: one model of each family")
+    ap.add_argument("--recipes", nargs="+", default=None, help="arms of the study (default: all)")
     ap.add_argument("--probe-steps", type=int, default=60, help="steps of each calibration run")
     ap.add_argument("--out", default=None)
     ap.add_argument("extra", nargs="*", help="`arlm train` options for every recipe (after --)")
     args = ap.parse_args()
+    arms = STUDIES[args.study]
+    args.recipes = args.recipes or list(arms)
+    unknown = [r for r in args.recipes if r not in arms]
+    if unknown:
+        ap.error(f"--recipes {unknown[0]!r} is not in --study {args.study}; choose from {', '.join(arms)}")
 
-    result: dict = {"budget_s": args.budget, "seeds": args.seeds, "extra_options": args.extra,
+    result: dict = {"study": args.study, "budget_s": args.budget, "seeds": args.seeds, "extra_options": args.extra,
                     "method": "each run its own `arlm train` process; recipes alternate within a seed",
                     "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                     "date": time.strftime("%Y-%m-%d"), "recipes": {}}
     with tempfile.TemporaryDirectory(prefix="ttq_") as tmp:
         plan = {}
         for name in args.recipes:
-            options = [*RECIPES[name], *args.extra]
+            options = [*arms[name], *args.extra]
             plan[name] = calibrate(options, Path(tmp) / name, args.budget, args.probe_steps)
             print(f"{name}: {plan[name]['steps']} steps fill {args.budget:.0f} s", file=sys.stderr, flush=True)
         runs: dict[str, list[dict]] = {name: [] for name in args.recipes}
         for seed in range(args.seeds):
             for name in args.recipes:
                 run_dir = Path(tmp) / f"{name}_seed{seed}"
-                options = [*RECIPES[name], *args.extra, "--train.steps", str(plan[name]["steps"]),
+                options = [*arms[name], *args.extra, "--train.steps", str(plan[name]["steps"]),
                            "--train.seed", str(seed)]
                 wall, _ = arlm_train(options, run_dir, CALLER)
                 pts = curve(run_dir)
@@ -134,13 +164,16 @@ def main() -> None:
     for name in args.recipes:
         xs = finals[name]
         result["recipes"][name] = {
-            "options": RECIPES[name], "calibration": plan[name], "steps": plan[name]["steps"],
+            "options": arms[name], "calibration": plan[name], "steps": plan[name]["steps"],
             "final_bpb_mean": statistics.mean(xs), "final_bpb_std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
             "wall_s_mean": statistics.mean(r["wall_s"] for r in runs[name]),
             "p_value_vs_best": None if name == best else welch_p(xs, finals[best]), "runs": runs[name]}
     result["best"] = best
-    path = write_result(result, args.out, "time_to_quality.json")
-    plot(result, path.with_suffix(".png") if args.out else RESULTS / "time_to_quality.png")
+    result["table"] = table(result)
+    print(result["table"], file=sys.stderr)
+    name = "time_to_quality" if args.study == "recipes" else args.study
+    path = write_result(result, args.out, f"{name}.json")
+    plot(result, path.with_suffix(".png") if args.out else RESULTS / f"{name}.png")
     if not math.isfinite(result["recipes"][best]["final_bpb_mean"]):
         sys.exit("time_to_quality: the best recipe's figure is not finite")
 

@@ -91,6 +91,28 @@ def test_each_cell_equals_numpy_step_by_step(kind):
             np.testing.assert_allclose(np.asarray(got[s]), want, rtol=0, atol=2e-6)
 
 
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_the_batched_backward_pass_equals_autodiff_of_the_plain_scan(kind):
+    """``recurrence``'s own VJP (weight gradients as one matmul after the loop) against autodiff
+    of ``scan_layer``: every parameter, the input and the initial carry, with a loss on every
+    carry part (the LSTM's cell state too)."""
+    b, n_in, hidden, t = 3, 5, 6, 9
+    p = _random_layer(kind, jax.random.key(7), n_in, hidden)
+    x = jax.random.normal(jax.random.key(8), (t, b, n_in))
+    carry0 = tuple(jax.random.normal(jax.random.key(9 + i), (b, hidden)) * 0.5
+                   for i in range(len(cells.CARRY_PARTS[kind])))
+    weights = [jax.random.normal(jax.random.key(20 + i), (t, b, hidden)) for i in range(len(carry0))]
+
+    def loss(run, p, x, c0):
+        ys = run(kind, p, x, c0)
+        return sum(jnp.sum(w * jnp.sin(y)) for w, y in zip(weights, ys))
+
+    fast = jax.grad(lambda *a: loss(lambda *b: cells.layer(*b)[1], *a), argnums=(0, 1, 2))(p, x, carry0)
+    slow = jax.grad(lambda *a: loss(cells.scan_layer, *a), argnums=(0, 1, 2))(p, x, carry0)
+    for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(fast), jax.tree.leaves(slow)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5, err_msg=str(path))
+
+
 def _flax_cell(kind: str, p: dict, n_in: int, hidden: int):
     """flax.nnx's cell of this kind with our weights in it (its own gate layout is the same)."""
     rngs = nnx.Rngs(0)

@@ -23,6 +23,7 @@ A carry is a tuple of float32 [B, H] arrays: (h,) for Elman and GRU, (h, c) for 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -40,31 +41,42 @@ def _recurrent(h: Array, w_h: Array) -> Array:
     return jnp.dot(h.astype(w_h.dtype), w_h, preferred_element_type=jnp.float32)
 
 
-def elman(p: dict, carry: Carry, xw: Array) -> Carry:
-    """One Elman step: carry (h [B, H],), xw = x_t W_i + b [B, H] -> (h',)."""
-    (h,) = carry
-    return (jnp.tanh(xw + _recurrent(h, p["w_h"])),)
+# Each cell's elementwise part: (extra params, carry, xw = x_t W_i + b, hw = h W_h) -> new carry.
+# The matmuls stay outside it, so the backward pass can batch them over time (``recurrence``).
+def elman(p: dict, carry: Carry, xw: Array, hw: Array) -> Carry:
+    """Elman: carry (h [B, H],), xw and hw [B, H] -> (h',)."""
+    return (jnp.tanh(xw + hw),)
 
 
-def lstm(p: dict, carry: Carry, xw: Array) -> Carry:
-    """One LSTM step: carry (h, c) [B, H] each, xw [B, 4H] -> (h', c')."""
-    h, c = carry
-    i, f, g, o = jnp.split(xw + _recurrent(h, p["w_h"]), 4, axis=-1)
+def lstm(p: dict, carry: Carry, xw: Array, hw: Array) -> Carry:
+    """LSTM: carry (h, c) [B, H] each, xw and hw [B, 4H] -> (h', c')."""
+    _, c = carry
+    i, f, g, o = jnp.split(xw + hw, 4, axis=-1)
     c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
     return jax.nn.sigmoid(o) * jnp.tanh(c), c
 
 
-def gru(p: dict, carry: Carry, xw: Array) -> Carry:
-    """One GRU step: carry (h [B, H],), xw [B, 3H] -> (h',)."""
+def gru(p: dict, carry: Carry, xw: Array, hw: Array) -> Carry:
+    """GRU: carry (h [B, H],), xw and hw [B, 3H], p["b_hn"] [H] -> (h',)."""
     (h,) = carry
     x_r, x_z, x_n = jnp.split(xw, 3, axis=-1)
-    h_r, h_z, h_n = jnp.split(_recurrent(h, p["w_h"]), 3, axis=-1)
+    h_r, h_z, h_n = jnp.split(hw, 3, axis=-1)
     r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
     n = jnp.tanh(x_n + r * (h_n + p["b_hn"]))
     return ((1.0 - z) * n + z * h,)
 
 
-CELLS: dict[str, Callable[[dict, Carry, Array], Carry]] = {"rnn": elman, "lstm": lstm, "gru": gru}
+CELLS: dict[str, Callable[[dict, Carry, Array, Array], Carry]] = {"rnn": elman, "lstm": lstm, "gru": gru}
+
+
+def step(kind: str, p: dict, carry: Carry, xw: Array) -> Carry:
+    """One time step of a cell: carry, xw = x_t W_i + b [B, G*H] -> the new carry."""
+    return CELLS[kind](_extra(p), carry, xw, _recurrent(carry[0], p["w_h"]))
+
+
+def _extra(p: dict) -> dict:
+    """A layer's parameters used inside the elementwise part (the GRU's b_hn)."""
+    return {k: v for k, v in p.items() if k not in ("w_i", "w_h", "b")}
 
 
 def zero_carry(kind: str, batch: int, hidden: int) -> Carry:
@@ -79,17 +91,80 @@ def layer(kind: str, p: dict, x: Array, carry: Carry, valid: Array | None = None
     valid bool [T, B] or None: where False, a row's carry is held instead of updated (ragged
     prompts: the carry stays the one after the row's last real token).
     -> (the final carry, the carry after every step: a tuple of [T, B, H]).
+    Without ``valid`` the time loop is ``recurrence`` (its backward pass batches the weight
+    gradients over time); with it, a plain scan (prefill, never differentiated).
     """
     t, b, _ = x.shape
     xw = (jnp.dot(x.reshape(t * b, -1), p["w_i"], preferred_element_type=jnp.float32)
           + p["b"]).reshape(t, b, -1)  # [T, B, G*H]: the input side of all steps at once
-    cell = CELLS[kind]
+    if valid is None:
+        ys = recurrence(kind, unroll, xw, p["w_h"], _extra(p), carry)
+        return tuple(y[-1] for y in ys), ys
 
-    def step(c: Carry, inp: tuple) -> tuple[Carry, Carry]:
+    def masked(c: Carry, inp: tuple) -> tuple[Carry, Carry]:
         xw_t, v_t = inp
-        new = cell(p, c, xw_t)
-        if v_t is not None:
-            new = tuple(jnp.where(v_t[:, None], n, o) for n, o in zip(new, c))
+        new = tuple(jnp.where(v_t[:, None], n, o) for n, o in zip(step(kind, p, c, xw_t), c))
         return new, new
 
-    return jax.lax.scan(step, carry, (xw, valid), unroll=unroll)
+    return jax.lax.scan(masked, carry, (xw, valid), unroll=unroll)
+
+
+def scan_layer(kind: str, p: dict, x: Array, carry: Carry, unroll: int = 1) -> Carry:
+    """The slow twin of ``layer`` without ``valid``: one plain ``lax.scan`` of ``step``, left to
+    autodiff. -> the carry after every step."""
+    t, b, _ = x.shape
+    xw = (jnp.dot(x.reshape(t * b, -1), p["w_i"], preferred_element_type=jnp.float32)
+          + p["b"]).reshape(t, b, -1)
+    return jax.lax.scan(lambda c, xw_t: (step(kind, p, c, xw_t),) * 2, carry, xw, unroll=unroll)[1]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def recurrence(kind: str, unroll: int, xw: Array, w_h: Array, extra: dict, carry: Carry) -> Carry:
+    """The time loop of one layer: xw [T, B, G*H] (the input side of every step), w_h [H, G*H],
+    extra (the cell's other parameters), the carry before step 0 -> the carry after every
+    step, a tuple of [T, B, H].
+
+    Its backward pass runs the elementwise part of each step backwards in a reverse scan and
+    emits the cotangents of x_t W_i + b and of h W_h; the weight gradient dW_h = sum_t h_{t-1}^T
+    d(hW_h)_t is then one [H, T*B] x [T*B, G*H] matmul after the loop. Autodiff of the scan
+    would instead add a [H, G*H] outer product into an accumulator at every step, which on CPU
+    costs more than the step's own matmul (docs/benchmarks.md, issue 14)."""
+    return _recurrence_fwd(kind, unroll, xw, w_h, extra, carry)[0]
+
+
+def _recurrence_fwd(kind: str, unroll: int, xw: Array, w_h: Array, extra: dict, carry: Carry):
+    cell = CELLS[kind]
+
+    def body(c: Carry, xw_t: Array) -> tuple[Carry, tuple]:
+        hw = _recurrent(c[0], w_h)
+        new = cell(extra, c, xw_t, hw)
+        return new, (new, hw)
+
+    _, (ys, hws) = jax.lax.scan(body, carry, xw, unroll=unroll)
+    return ys, (xw, w_h, extra, carry, ys, hws)
+
+
+def _recurrence_bwd(kind: str, unroll: int, res: tuple, ct: Carry):
+    xw, w_h, extra, carry, ys, hws = res
+    cell = CELLS[kind]
+    before = tuple(jnp.concatenate([c0[None], y[:-1]]) for c0, y in zip(carry, ys))  # carry before each step
+    w_t = w_h.T
+
+    def body(acc: tuple, inp: tuple) -> tuple[tuple, tuple]:
+        d_carry, d_extra = acc
+        c_t, xw_t, hw_t, ct_t = inp
+        d_new = tuple(a + b for a, b in zip(d_carry, ct_t))
+        _, vjp = jax.vjp(cell, extra, c_t, xw_t, hw_t)
+        de, dc, dxw, dhw = vjp(d_new)
+        dh = dc[0] + jnp.dot(dhw.astype(w_h.dtype), w_t, preferred_element_type=jnp.float32)
+        return ((dh,) + tuple(dc[1:]), jax.tree.map(jnp.add, d_extra, de)), (dxw, dhw)
+
+    zeros = (tuple(jnp.zeros_like(c) for c in carry), jax.tree.map(jnp.zeros_like, extra))
+    (d_carry, d_extra), (dxw, dhw) = jax.lax.scan(body, zeros, (before, xw, hws, ct), reverse=True, unroll=unroll)
+    t, b, h = before[0].shape
+    h_before = before[0].reshape(t * b, h).astype(w_h.dtype)
+    dw_h = jnp.dot(h_before.T, dhw.reshape(t * b, -1).astype(w_h.dtype), preferred_element_type=jnp.float32)
+    return dxw.astype(xw.dtype), dw_h.astype(w_h.dtype), d_extra, d_carry
+
+
+recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
