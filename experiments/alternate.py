@@ -37,6 +37,18 @@ def add_worker_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--inputs", default=None, help=argparse.SUPPRESS)  # folder from "prepare" for "theirs"
 
 
+def parse_or_work(ap: argparse.ArgumentParser, workers: dict) -> argparse.Namespace | None:
+    """Parse a benchmark's command line (with the hidden worker flags). In a worker process, run
+    its side (``workers[role](args)``), print its JSON line and return None; in the parent,
+    return the parsed arguments."""
+    add_worker_args(ap)
+    args = ap.parse_args()
+    if args.worker:
+        emit(args.worker, workers[args.worker](args))
+        return None
+    return args
+
+
 def emit(role: str, result: dict) -> None:
     """Print a worker's result as its one JSON line, after checking it did not load the other runtime."""
     other = FORBIDDEN[role]

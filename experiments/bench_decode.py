@@ -56,10 +56,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from alternate import (
     METHOD,
     METHOD_ALONE,
-    add_worker_args,
     alternate,
-    emit,
     importable,
+    parse_or_work,
     run_worker,
     speed_ratios,
     summary,
@@ -452,10 +451,8 @@ def main() -> None:
                     help="worker processes per side and model, alternating (default 3; 1 with --no-torch)")
     ap.add_argument("--no-torch", action="store_true", help="skip the Hugging Face comparison")
     ap.add_argument("--out", default=None)
-    add_worker_args(ap)
-    args = ap.parse_args()
-    if args.worker:
-        emit(args.worker, WORKERS[args.worker](args))
+    args = parse_or_work(ap, WORKERS)
+    if args is None:
         return
 
     with_torch = not args.no_torch and importable("torch", "transformers")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from alternate import METHOD, add_worker_args, alternate, emit, importable, speed_ratios, summary  # noqa: E402
+from alternate import METHOD, alternate, importable, parse_or_work, speed_ratios, summary  # noqa: E402
 from bench_train import random_batches, timed_steps  # noqa: E402
 from results_io import write_result  # noqa: E402
 
@@ -182,10 +182,8 @@ def main() -> None:
     ap.add_argument("--parts", nargs="+", choices=["train", "decode"], default=["train", "decode"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=None)
-    add_worker_args(ap)
-    args = ap.parse_args()
-    if args.worker:
-        emit(args.worker, WORKERS[args.worker](args))
+    args = parse_or_work(ap, WORKERS)
+    if args is None:
         return
     if not importable("torch"):
         ap.error("bench_rnn compares against PyTorch: pip install torch (CPU wheel)")

@@ -49,10 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from alternate import (
     METHOD,
     METHOD_ALONE,
-    add_worker_args,
     alternate,
-    emit,
     importable,
+    parse_or_work,
     run_worker,
     speed_ratios,
     summary,
@@ -353,10 +352,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="change a field of our model config, e.g. bias=false or scan_unroll=4 (with --no-torch)")
     ap.add_argument("--out", default=None)
-    add_worker_args(ap)
-    args = ap.parse_args()
-    if args.worker:
-        emit(args.worker, WORKERS[args.worker](args))
+    args = parse_or_work(ap, WORKERS)
+    if args is None:
         return
 
     with_torch = not args.no_torch and importable("torch", "transformers")
