@@ -293,7 +293,9 @@ def mlp(p: dict, x: Array, kind: str, operand_dtype=None) -> Array:
     return mm(h, p["w_out"], p.get("b_out"))
 
 
-def dropout(x: Array, rate: float, key: Array) -> Array:
-    """Inverted dropout: zero with probability ``rate``, scale survivors by 1/(1-rate)."""
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+def dropout(x: Array, rate: float, key: Array, mask_shape: tuple[int, ...] | None = None) -> Array:
+    """Inverted dropout: zero with probability ``rate``, scale survivors by 1/(1-rate).
+    ``mask_shape`` (default x.shape): a shape that broadcasts to x's, e.g. [1, B, D] for one
+    mask shared by every time step of [T, B, D] (variational / locked dropout)."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape if mask_shape is None else mask_shape)
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype)).astype(x.dtype)

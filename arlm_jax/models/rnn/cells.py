@@ -79,6 +79,12 @@ def _extra(p: dict) -> dict:
     return {k: v for k, v in p.items() if k not in ("w_i", "w_h", "b")}
 
 
+def _input_side(p: dict, x: Array) -> Array:
+    """x [T, B, I] -> x W_i + b, float32 [T, B, G*H]: the input side of all steps, one matmul."""
+    t, b, _ = x.shape
+    return (jnp.dot(x.reshape(t * b, -1), p["w_i"], preferred_element_type=jnp.float32) + p["b"]).reshape(t, b, -1)
+
+
 def zero_carry(kind: str, batch: int, hidden: int) -> Carry:
     return tuple(jnp.zeros((batch, hidden), jnp.float32) for _ in CARRY_PARTS[kind])
 
@@ -94,9 +100,7 @@ def layer(kind: str, p: dict, x: Array, carry: Carry, valid: Array | None = None
     Without ``valid`` the time loop is ``recurrence`` (its backward pass batches the weight
     gradients over time); with it, a plain scan (prefill, never differentiated).
     """
-    t, b, _ = x.shape
-    xw = (jnp.dot(x.reshape(t * b, -1), p["w_i"], preferred_element_type=jnp.float32)
-          + p["b"]).reshape(t, b, -1)  # [T, B, G*H]: the input side of all steps at once
+    xw = _input_side(p, x)
     if valid is None:
         ys = recurrence(kind, unroll, xw, p["w_h"], _extra(p), carry)
         return tuple(y[-1] for y in ys), ys
@@ -112,10 +116,8 @@ def layer(kind: str, p: dict, x: Array, carry: Carry, valid: Array | None = None
 def scan_layer(kind: str, p: dict, x: Array, carry: Carry, unroll: int = 1) -> Carry:
     """The slow twin of ``layer`` without ``valid``: one plain ``lax.scan`` of ``step``, left to
     autodiff. -> the carry after every step."""
-    t, b, _ = x.shape
-    xw = (jnp.dot(x.reshape(t * b, -1), p["w_i"], preferred_element_type=jnp.float32)
-          + p["b"]).reshape(t, b, -1)
-    return jax.lax.scan(lambda c, xw_t: (step(kind, p, c, xw_t),) * 2, carry, xw, unroll=unroll)[1]
+    step_ = lambda c, xw_t: (step(kind, p, c, xw_t),) * 2  # noqa: E731
+    return jax.lax.scan(step_, carry, _input_side(p, x), unroll=unroll)[1]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))

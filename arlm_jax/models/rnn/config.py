@@ -54,7 +54,7 @@ class RecurrentConfig:
     def validate(self) -> "RecurrentConfig":
         p = "model"
         check_choice(self, "family", tuple(CELLS), p)
-        for name in ("vocab_size", "n_layers", "d_embed", "d_hidden", "history", "unroll", "init_std"):
+        for name in ("vocab_size", "n_layers", "d_embed", "d_hidden", "unroll", "init_std"):
             check_positive(self, name, p)
         for name in ("dropout", "weight_drop"):
             if not 0.0 <= getattr(self, name) < 1.0:

@@ -88,6 +88,11 @@ def init_state(cfg: RecurrentConfig, batch: int, capacity: int | None = None) ->
     return RecurrentState(ring=ring, lengths=jnp.zeros((batch,), jnp.int32))
 
 
+def _zeros(cfg: RecurrentConfig, batch: int) -> list[cells.Carry]:
+    """Each layer's carry before any token."""
+    return [cells.zero_carry(cfg.family, batch, h) for h in cfg.hidden_sizes()]
+
+
 def _newest(state: RecurrentState) -> list[cells.Carry]:
     """Each layer's carry after each row's last token (zeros for a row that read none)."""
     b, w = state.lengths.shape[0], state.ring[0][0].shape[1]
@@ -118,10 +123,7 @@ def _drop(x: Array, rate: float, key: Array | None, locked: bool) -> Array:
     """Dropout on time-major x [T, B, D]; ``locked``: one mask per row for all time steps."""
     if key is None or rate == 0.0:
         return x
-    if not locked:
-        return shared.dropout(x, rate, key)
-    keep = jax.random.bernoulli(key, 1.0 - rate, (1,) + x.shape[1:])
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype)).astype(x.dtype)
+    return shared.dropout(x, rate, key, (1,) + x.shape[1:] if locked else None)
 
 
 def _layers(params: dict, tokens: Array, cfg: RecurrentConfig, carries: list[cells.Carry],
@@ -163,8 +165,7 @@ def forward(params: dict, tokens: Array, cfg: RecurrentConfig, state: RecurrentS
     ``dropout_key`` (training)."""
     del positions
     b = tokens.shape[0]
-    start = ([cells.zero_carry(cfg.family, b, h) for h in cfg.hidden_sizes()] if state is None
-             else _newest(state))
+    start = _zeros(cfg, b) if state is None else _newest(state)
     x, per_layer = _layers(params, tokens, cfg, start, None, dropout_key)
     logits = head(params, x, cfg).swapaxes(0, 1)  # [B, T, V]
     return logits, (None if state is None else _record(state, per_layer))
@@ -178,7 +179,7 @@ def prefill(params: dict, cfg: RecurrentConfig, prompts: Array, lengths: Array, 
     b, t = prompts.shape
     state = init_state(cfg, b, capacity)
     valid = jnp.arange(t)[:, None] < lengths[None, :]  # [T, B]
-    x, per_layer = _layers(params, prompts, cfg, _newest(state), valid, None)
+    x, per_layer = _layers(params, prompts, cfg, _zeros(cfg, b), valid, None)
     # After its last real token a row's carries are held, so every slot written past it holds
     # them too, and the ring's newest slot (lengths - 1) is right for every row.
     state = _record(state, per_layer).replace(lengths=lengths.astype(jnp.int32))
