@@ -7,8 +7,9 @@ array is ever allocated), and XLA's own analyses of the compiled per-device prog
 - memory per device: parameters, optimizer state and the batch / KV cache (from the shardings),
   and the compiler's temporaries (``compiled.memory_analysis()``);
 - FLOPs per step per device (``compiled.cost_analysis()``). XLA counts a loop body once, so the
-  layer scan is corrected by compiling the same step with one and with two layers unrolled:
-  total = F(1) + (L - 1) x (F(2) - F(1)).
+  family's loop (the Transformer's layer scan, a recurrent model's time scan) is corrected by
+  compiling the same step with one and with two iterations in the loop body (``Family.unrolled``):
+  total = F(1) + (L - 1) x (F(2) - F(1)), L = ``Family.depth`` (layers, or time steps).
 
 The temporaries come from XLA:CPU's schedule and fusion, not the TPU or GPU compiler's, so
 they are an estimate (docs/scale-out.md says how far they were off where it was measured).
@@ -73,10 +74,10 @@ def _memory(compiled: Any) -> dict:
             + m.temp_size_in_bytes}
 
 
-def _train_program(run: RunConfig, mesh, n_layers: int | None = None):
+def _train_program(run: RunConfig, mesh, unroll: int | None = None):
     cfg, tc = run.model, run.train
-    if n_layers is not None:
-        cfg = family_of(cfg).unrolled(cfg, n_layers)
+    if unroll is not None:
+        cfg = family_of(cfg).unrolled(cfg, unroll)
     opt = make_optimizer(tc, cfg)
     state = jax.eval_shape(lambda: init_state(jax.random.key(0), cfg, opt))
     state = abstract_with_shardings(state, family_of(cfg).param_axes(state.params), mesh)
@@ -130,9 +131,9 @@ def plan(run: RunConfig, devices: list[jax.Device], *, decode_batch: int = 1,
 
     compiled, state, batch = _train_program(run, mesh)
     train_flops = _flops(compiled)
-    if fam.unrolled is not None:  # XLA counts a scanned layer once: count one and two, unrolled
-        per_layer = [_flops(_train_program(run, mesh, n_layers=n)[0]) for n in (1, 2)]
-        train_flops = per_layer[0] + (fam.depth(cfg) - 1) * (per_layer[1] - per_layer[0])
+    if fam.unrolled is not None:  # XLA counts a loop body once: count one and two iterations in it
+        per = [_flops(_train_program(run, mesh, unroll=n)[0]) for n in (1, 2)]
+        train_flops = per[0] + (fam.depth(cfg, run.seq_len) - 1) * (per[1] - per[0])
     train = {"params": _bytes(state.params), "opt_state": _bytes(state.opt_state),
              "batch": _bytes(batch), **_memory(compiled), "flops": train_flops}
 

@@ -44,8 +44,10 @@ Optional operations (None when a family lacks them; the callers say so in one li
                                                            not trained by gradient descent
                                                            (n-gram counts) from the training
                                                            tokens; None: optax training
-    unrolled(cfg, n) -> cfg, depth(cfg) -> int              for ``arlm plan``: XLA counts a
-                                                           scanned layer's FLOPs once
+    unrolled(cfg, n) -> cfg, depth(cfg, seq_len) -> int     for ``arlm plan``: XLA counts a
+                                                           loop body's FLOPs once (the
+                                                           Transformer's layer scan, a
+                                                           recurrent model's time scan)
 
 A model config is a frozen dataclass with at least ``family`` (the registry name),
 ``vocab_size``, ``dtype`` and ``validate()``.
@@ -88,10 +90,11 @@ class Family:
     rollback: Callable[[Any, Array], Any] | None = None
     max_rollback: Callable[[Any], int | None] = lambda cfg: None
     fit: Callable[..., Any] | None = None
-    # For ``arlm plan``'s FLOP count of a step whose layers are scanned (XLA counts a loop body
-    # once): the config with n layers, all unrolled, and the config's number of layers.
+    # For ``arlm plan``'s FLOP count of a train step built around one loop (XLA counts a loop
+    # body once): the config whose loop body holds n iterations, unrolled, and how many
+    # iterations the loop runs at a training length (Transformer: layers; recurrent: time steps).
     unrolled: Callable[[Any, int], Any] | None = None
-    depth: Callable[[Any], int] | None = None
+    depth: Callable[[Any, int], int] | None = None
 
     def preset(self, name: str) -> Any:
         if name not in self.presets:

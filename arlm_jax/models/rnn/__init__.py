@@ -4,6 +4,8 @@ cells (cells.py), the model and its decoding state (model.py). Each cell is its 
 
 from __future__ import annotations
 
+import dataclasses
+
 from arlm_jax.models.api import Family, register, take_rows
 from arlm_jax.models.rnn import cells, model
 from arlm_jax.models.rnn.config import RecurrentConfig, presets
@@ -26,6 +28,9 @@ FAMILIES = {name: register(Family(
     reorder=take_rows,  # the ring and the lengths are batch-leading
     rollback=model.rollback,
     max_rollback=lambda cfg: cfg.history - 1,
+    # the time scan (forward and backward) with n steps per iteration; it runs seq_len steps
+    unrolled=lambda cfg, n: dataclasses.replace(cfg, unroll=n),
+    depth=lambda cfg, seq_len: seq_len,
 )) for name in cells.CELLS}
 
 __all__ = ["FAMILIES", "RecurrentConfig", "RecurrentState"]

@@ -54,5 +54,5 @@ FAMILY = register(Family(
     reorder=take_rows,  # a KVCache is a pytree of batch-leading arrays
     rollback=rollback,
     unrolled=lambda cfg, n: dataclasses.replace(cfg, n_layers=n, scan_unroll=n),
-    depth=lambda cfg: cfg.n_layers,
+    depth=lambda cfg, seq_len: cfg.n_layers,
 ))
