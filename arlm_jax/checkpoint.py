@@ -7,18 +7,31 @@ A run directory holds ``config.json`` (the resolved ``RunConfig``), ``metrics.js
          identity -- what a resumed or evaluated run must check before it trusts the state.
 orbax writes each step to a temporary folder and renames it into place, so a run that fails
 mid-save (or later) leaves every earlier checkpoint intact; the last ``keep`` are kept.
+
+Integrity: once a step is on disk, a background thread writes ``<step>/arlm_sha256.json``, the
+SHA-256 of every file of the step, and every restore checks it first (docs/reliability.md gives
+the cost). A step that fails its check, or that orbax cannot read, is a ``CorruptCheckpoint``;
+``restore_newest`` then falls back to the newest intact step and moves the bad one to
+``<out_dir>/set_aside/`` (never deleting it). A step without the file (the process stopped
+between orbax's commit and the hash) restores unchecked.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
+import json
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-from arlm_jax.errors import ConfigError
+from arlm_jax.errors import ConfigError, ResourceError
+from arlm_jax.files import atomic_write_text
 
 # orbax logs every save and restore through absl; our own progress output says enough.
 logging.getLogger("absl").setLevel(logging.ERROR)
@@ -26,6 +39,56 @@ logging.getLogger("absl").setLevel(logging.ERROR)
 
 class CheckpointError(ConfigError):
     """A checkpoint that is missing, unreadable, corrupt or does not match the run."""
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A step whose files fail their checksum or that orbax cannot read."""
+
+
+class CheckpointSaveError(ResourceError, CheckpointError):
+    """Writing a step failed (e.g. a full disk); the earlier steps are intact."""
+
+
+MANIFEST = "arlm_sha256.json"
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder`` (but the manifest), by relative path."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            h = hashlib.sha256()
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    h.update(chunk)
+            out[str(path.relative_to(folder))] = h.hexdigest()
+    return out
+
+
+def write_manifest(folder: Path) -> None:
+    """Hash a finished step's files into its manifest; a step deleted meanwhile is skipped."""
+    try:
+        atomic_write_text(folder / MANIFEST, json.dumps(_digests(folder), indent=0) + "\n")
+    except FileNotFoundError:
+        pass
+
+
+def check_manifest(folder: Path) -> str | None:
+    """Why the step in ``folder`` fails its manifest (a file changed or missing), or None when
+    it passes or has no manifest."""
+    try:
+        want = json.loads((folder / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return f"its {MANIFEST} is not JSON"
+    got = _digests(folder)
+    for name, digest in want.items():
+        if name not in got:
+            return f"{name} is missing"
+        if got[name] != digest:
+            return f"{name} does not match its SHA-256"
+    return None
 
 
 class Checkpointer:
@@ -46,6 +109,11 @@ class Checkpointer:
                                                enable_async_checkpointing=async_save)
         self._manager = ocp.CheckpointManager(self.directory, options=options,
                                               item_names=("state", "meta"))
+        self._unhashed: list[int] = []  # saved steps whose manifest is not yet queued
+        self._hashing: list[concurrent.futures.Future] = []
+        self._hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="arlm-ckpt-hash")
+        self._lead = jax.process_index() == 0  # one process hashes the shared folder
+        self._closed = False
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -53,10 +121,28 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
+    def step_dir(self, step: int) -> Path:
+        return self.directory / str(step)
+
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Queue step ``step``; ``wait()`` (or the next save) makes sure it is on disk."""
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        self._finish_saves()  # orbax's save would wait for the previous one anyway
+        try:
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        except Exception as err:
+            raise _save_failed(self.directory, step, err) from None
+        self._unhashed.append(step)
+
+    def _finish_saves(self) -> None:
+        """Wait for orbax's queued save, then queue the manifests of the steps now on disk."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as err:
+            raise _save_failed(self.directory, self._unhashed[-1] if self._unhashed else None, err) from None
+        if self._lead:
+            self._hashing += [self._hasher.submit(write_manifest, self.step_dir(s)) for s in self._unhashed]
+        self._unhashed = []
 
     def _step(self, step: int | None) -> int:
         steps = self.all_steps()
@@ -74,9 +160,13 @@ class Checkpointer:
         step = self._step(step)
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-            return dict(out["meta"])
+            meta = dict(out["meta"])
         except Exception as err:  # orbax raises many types for a damaged folder
             raise _corrupt(self.directory, step, err) from err
+        if not isinstance(meta.get("config"), dict):
+            raise CorruptCheckpoint(f"checkpoint: step {step} in {str(self.directory)!r} is corrupt "
+                                    f"(its meta has no config)")
+        return meta
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
         """(state, meta) of ``step`` (default: the newest), arrays laid out as ``abstract_state``
@@ -84,6 +174,8 @@ class Checkpointer:
         sharding says (``parallel.shardings.abstract_with_shardings``: any mesh, whatever mesh saved it),
         or onto the default device when it has none."""
         step = self._step(step)
+        if why := check_manifest(self.step_dir(step)):
+            raise CorruptCheckpoint(f"checkpoint: step {step} in {str(self.directory)!r} is corrupt ({why})")
         one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract_state = jax.tree.map(
             lambda a: a if getattr(a, "sharding", None) is not None
@@ -100,12 +192,70 @@ class Checkpointer:
                                   f"different state tree than this config builds")
         return state, dict(out["meta"])
 
-    def wait(self) -> None:
-        """Block until queued saves are on disk."""
-        self._manager.wait_until_finished()
+    def restore_newest(self, abstract_state: Any, step: int | None = None,
+                       check: Any = None) -> tuple[Any, dict, list[str]]:
+        """(state, meta, notes) of the newest intact step (or of ``step``, which must be intact).
 
-    def close(self) -> None:
-        self._manager.close()
+        ``check(meta)`` runs on each candidate's meta before its arrays are read (a ConfigError
+        there is the caller's and propagates). Each corrupt newer step is moved to
+        ``set_aside/<step>.corrupt`` beside the checkpoints folder and named in ``notes``;
+        with an explicit ``step`` the newer steps are moved to ``set_aside/<step>.newer``, so
+        that the resumed run can save them again."""
+        def load(candidate: int) -> tuple[Any, dict]:
+            if check is not None:
+                check(self.read_meta(candidate))
+            return self.restore(abstract_state, candidate)
+
+        if step is not None:
+            state, meta = load(self._step(step))
+            notes = [f"step {newer} moved to {self._set_aside(newer, 'newer')} (resuming from step {step})"
+                     for newer in sorted(s for s in self.all_steps() if s > step)]
+            return state, meta, notes
+        notes = []
+        for candidate in sorted(self.all_steps(), reverse=True):
+            try:
+                state, meta = load(candidate)
+                return state, meta, notes
+            except CorruptCheckpoint as err:
+                notes.append(f"skipped {err}; moved it to {self._set_aside(candidate, 'corrupt')}")
+        raise CheckpointError(f"checkpoint: no intact checkpoint in {str(self.directory)!r} "
+                              f"({'; '.join(notes) or 'none saved'})")
+
+    def _set_aside(self, step: int, why: str) -> Path:
+        """Move step ``step`` out of orbax's sight, keeping it; -> its new place."""
+        dest = self.directory.parent / "set_aside" / f"{step}.{why}"
+        if dest.exists():
+            dest = dest.with_name(f"{dest.name}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        dest.parent.mkdir(exist_ok=True)
+        os.replace(self.step_dir(step), dest)
+        self._manager.reload()
+        return dest
+
+    def wait(self) -> None:
+        """Block until queued saves are on disk, and their manifests written."""
+        self._finish_saves()
+        for f in self._hashing:
+            f.result()
+        self._hashing = []
+
+    def close(self, quiet: bool = False) -> None:
+        """Finish the queued saves and their manifests, then stop orbax's threads. Idempotent.
+        ``quiet``: on an error path, where a failing save must not hide the first error."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.wait()
+        except Exception:
+            if not quiet:
+                raise
+        finally:
+            try:
+                self._manager.close()
+            except Exception:
+                if not quiet:
+                    raise
+            self._hasher.shutdown()
 
     def __enter__(self) -> "Checkpointer":
         return self
@@ -114,7 +264,24 @@ class Checkpointer:
         self.close()
 
 
-def _corrupt(directory: Path, step: int, err: Exception) -> CheckpointError:
-    reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-    return CheckpointError(f"checkpoint: step {step} in {str(directory)!r} is unreadable or corrupt "
-                           f"({type(err).__name__}: {reason})")
+def _reason(err: BaseException) -> str:
+    """One line of an exception, following its causes to the deepest OSError (orbax wraps a
+    full disk in several layers)."""
+    deepest, e = err, err
+    while e is not None:
+        if isinstance(e, OSError):
+            deepest = e
+        e = e.__cause__ or e.__context__
+    text = str(deepest).strip()
+    return f"{type(deepest).__name__}: {text.splitlines()[0][:200]}" if text else type(deepest).__name__
+
+
+def _corrupt(directory: Path, step: int, err: Exception) -> CorruptCheckpoint:
+    return CorruptCheckpoint(f"checkpoint: step {step} in {str(directory)!r} is unreadable or corrupt "
+                             f"({_reason(err)})")
+
+
+def _save_failed(directory: Path, step: int | None, err: Exception) -> CheckpointError:
+    return CheckpointSaveError(f"checkpoint: saving step {step} in {str(directory)!r} failed ({_reason(err)}); "
+                           f"the earlier checkpoints are intact; free space or choose another train.out_dir, "
+                           f"then --resume")

@@ -13,6 +13,11 @@ class ConfigError(ValueError):
     """A bad user-supplied value. ``str(err)`` is a one-line message for the user."""
 
 
+class ResourceError(ConfigError):
+    """A resource failed (a full disk, a folder that cannot be written, device memory): one
+    line naming it and what to do; the CLI exits with status 1, not 2 (bad input)."""
+
+
 def check_choice(obj: Any, name: str, allowed: tuple[str, ...], prefix: str) -> None:
     """ConfigError unless ``obj.name`` is one of ``allowed`` (``prefix`` names the section)."""
     value = getattr(obj, name)

@@ -246,7 +246,7 @@ def test_tokenizer_train_command(tmp_path, corpus, capsys):
     (["eval"], "the following arguments are required: run_dir"),
     (["tokenizer", "train", "--vocab-size", "300", "--pattern", "o200k"], "invalid choice: 'o200k'"),
     (["tokenizer", "train"], "the following arguments are required: --vocab-size"),
-    (["eval", "/nonexistent/run"], "is missing or unreadable; give the out_dir of a training run"),
+    (["eval", "/nonexistent/run"], "no checkpoints folder in '/nonexistent/run'; give the out_dir of a training run"),
     (["eval", "/nonexistent/run", "--batches", "0"], "--batches=0 must be > 0"),
     (["tokenizer", "train", "--vocab-size", "100"], "vocab_size=100 must be >= 257"),
     (["train", "--mesh.fsdp", "0"], "mesh.fsdp=0 must be a positive size or -1"),
@@ -287,9 +287,12 @@ def test_corrupt_checkpoint_and_mismatched_resume(tmp_path, corpus, capsys):
         if f.is_file():
             f.write_bytes(b"\0garbage")
     one_line_error(*arlm("eval", run, capsys=capsys)[::2], "step 4 in")
-    one_line_error(*arlm(*base, "--resume", capsys=capsys)[::2], "is unreadable or corrupt")
     code, out, _ = arlm("eval", run, "--step", "2", capsys=capsys)  # the older one is intact
     assert code == 0 and out.startswith("step 2 on")
+    code, out, err = arlm(*base, "--resume", capsys=capsys)  # falls back to it, keeping the bad one
+    assert code == 0, err
+    assert "--resume: skipped checkpoint: step 4" in out and "resumed from step 2" in out, out
+    assert (run / "set_aside" / "4.corrupt" / "state").is_dir()
     one_line_error(*arlm("eval", run, "--step", "7", capsys=capsys)[::2], "step=7 is not saved")
 
 

@@ -17,13 +17,13 @@ they are an estimate (docs/scale-out.md says how far they were off where it was 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
 
+from arlm_jax.analysis.memory import tree_bytes_per_device
 from arlm_jax.config import RunConfig
 from arlm_jax.decode.generate import decode_step, prefill
 from arlm_jax.models import family_of
@@ -50,14 +50,6 @@ def simulate_devices(n: int) -> list[jax.Device]:
         raise ShardingError(f"plan: devices={n} but JAX's CPU backend already started with "
                             f"{len(devices)}; run arlm plan in a fresh process")
     return devices[:n]
-
-
-def _bytes(tree: Any) -> int:
-    """Per-device bytes of a tree of ShapeDtypeStructs with shardings."""
-    def one(a: Any) -> int:
-        shape = a.sharding.shard_shape(a.shape) if a.sharding is not None else a.shape
-        return math.prod(shape) * jnp.dtype(a.dtype).itemsize
-    return sum(one(a) for a in jax.tree.leaves(tree))
 
 
 def _flops(compiled: Any) -> float:
@@ -134,12 +126,12 @@ def plan(run: RunConfig, devices: list[jax.Device], *, decode_batch: int = 1,
     if fam.unrolled is not None:  # XLA counts a loop body once: count one and two iterations in it
         per = [_flops(_train_program(run, mesh, unroll=n)[0]) for n in (1, 2)]
         train_flops = per[0] + (fam.depth(cfg, run.seq_len) - 1) * (per[1] - per[0])
-    train = {"params": _bytes(state.params), "opt_state": _bytes(state.opt_state),
-             "batch": _bytes(batch), **_memory(compiled), "flops": train_flops}
+    train = {"params": tree_bytes_per_device(state.params), "opt_state": tree_bytes_per_device(state.opt_state),
+             "batch": tree_bytes_per_device(batch), **_memory(compiled), "flops": train_flops}
 
     # a decode step reads the decode layout (the Transformer's is unrolled): XLA's count is whole
     dec_compiled, dparams, dstate = _decode_program(run, mesh, decode_batch, decode_len)
-    decode = {"params": _bytes(dparams), "kv_cache": _bytes(dstate.model), **_memory(dec_compiled),
+    decode = {"params": tree_bytes_per_device(dparams), "kv_cache": tree_bytes_per_device(dstate.model), **_memory(dec_compiled),
               "flops": _flops(dec_compiled)}
 
     fits = {name: {"train": train["peak"] <= cap, "decode": decode["peak"] <= cap}

@@ -45,6 +45,8 @@ def run(args: jsonargparse.Namespace, source: Source) -> int:
 
     if args.batches < 1:
         raise ConfigError(f"--batches={args.batches} must be > 0")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size={args.batch_size} must be > 0 (or null: the run's train.batch_size)")
     mesh = mesh_from_args(args, source)
     cfg, params, meta = load_run(args.run_dir, args.step, mesh=mesh)
     data_cfg = dataclasses.replace(cfg.data, corpus=args.corpus or cfg.data.corpus)
@@ -53,8 +55,10 @@ def run(args: jsonargparse.Namespace, source: Source) -> int:
         raise ConfigError(f"eval: data.tokenizer={data_cfg.tokenizer!r} now loads "
                           f"{tokenizer_identity(enc)}, not the checkpoint's {meta['tokenizer']}")
     data = data_lib.build_token_cache(data_cfg, enc)
+    data_lib.check_ids_below(data, cfg.model.vocab_size)
     tokens = data.val if args.split == "val" else data.train
-    batch, seq = args.batch_size or cfg.train.batch_size, cfg.seq_len
+    batch = cfg.train.batch_size if args.batch_size is None else args.batch_size
+    seq = cfg.seq_len
     if mesh is not None:
         check_batch(batch, mesh, field="--batch-size")
     res = evaluate(make_eval_step(cfg.model, mesh=mesh), params, tokens, batch, seq, args.batches,

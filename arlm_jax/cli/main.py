@@ -24,7 +24,8 @@ from arlm_jax.cli import eval as eval_command
 from arlm_jax.cli import generate, info, plan, tokenizer, train
 from arlm_jax.cli.errors import describe
 from arlm_jax.cli.options import Source, first_pass, new_parser, yaml_spelling
-from arlm_jax.errors import ConfigError
+from arlm_jax.errors import ConfigError, ResourceError
+from arlm_jax.train.stop import Interrupted
 
 # Each module: NAME, HELP, CONFIG_OPTIONS, add_parser(subcommands, source), run(args, source).
 COMMANDS = {m.NAME: m for m in (train, eval_command, generate, tokenizer, plan, info)}
@@ -55,17 +56,35 @@ def main(argv: list[str] | None = None) -> int:
     try:
         name, args, source = parse(argv)
         return COMMANDS[name].run(args, source)
-    except ConfigError as err:
+    except ConfigError as err:  # bad input (2), or a resource that failed (1)
         print(f"arlm: error: {err}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(err, ResourceError) else 2
+    except Interrupted as err:  # SIGTERM / SIGINT during training: saved, then stopped
+        print(f"arlm: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         return 130
-    except RuntimeError as err:  # a diverged run: one line, not a traceback
-        from arlm_jax.train.loop import TrainingDiverged
-        if not isinstance(err, TrainingDiverged):
+    except Exception as err:  # a diverged run, or out of device memory: one line, not a traceback
+        if (line := _failure_line(err)) is None:
             raise
-        print(f"arlm: error: {err}", file=sys.stderr)
+        print(f"arlm: error: {line}", file=sys.stderr)
         return 1
+
+
+def _failure_line(err: Exception) -> str | None:
+    """The one line for a run that failed for a known reason (divergence, device memory), else
+    None (a bug: the traceback is shown)."""
+    from arlm_jax.train.loop import TrainingDiverged
+    if isinstance(err, TrainingDiverged):
+        return str(err)
+    text = str(err)
+    if "RESOURCE_EXHAUSTED" in text or "Out of memory" in text:
+        first = next((ln.strip() for ln in text.splitlines() if "RESOURCE_EXHAUSTED" in ln or "memory" in ln),
+                     text.splitlines()[0] if text else type(err).__name__)
+        return (f"out of device memory ({first[:200]}); lower train.batch_size or train.seq_len, use "
+                f"--model.remat full, a smaller model or more devices (arlm plan estimates the memory); "
+                f"the earlier checkpoints are intact")
+    return None
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from arlm_jax.cli.options import Source, add_config_options, build_run, new_pars
 from arlm_jax.errors import ConfigError
 
 NAME = "plan"
+# Simulating more CPU devices than this makes one XLA compile take minutes (docs/reliability.md).
+MAX_DEVICES = 4096
 HELP = "per-device memory, FLOPs and fit of a config on a mesh, compiled ahead of time on simulated devices"
 CONFIG_OPTIONS = True
 
@@ -41,6 +43,10 @@ def run(args: jsonargparse.Namespace, source: Source) -> int:
     n = args.devices or (0 if -1 in sizes else sizes[0] * sizes[1] * sizes[2])
     if n < 1:
         raise ConfigError("plan: give --devices N (how many chips to plan for) when a mesh size is -1")
+    if n > MAX_DEVICES:
+        raise ConfigError(f"plan: devices={n} is more than the {MAX_DEVICES} simulated devices plan compiles "
+                          f"for in reasonable time; plan a smaller mesh with the same fsdp and tensor "
+                          f"sizes and batch per device (the per-device figures depend on those)")
     from arlm_jax.analysis import plan as plan_lib  # imports jax; the device count is set first
     devices = plan_lib.simulate_devices(n)
     result = plan_lib.plan(cfg, devices, decode_batch=args.decode_batch, decode_len=args.decode_len)

@@ -28,7 +28,10 @@ def add_parser(subcommands, source: Source) -> jsonargparse.ArgumentParser:
     p = new_parser(description="Train a model. With no arguments: the demo preset on the running "
                                "Python's standard library with the byte tokenizer.")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in train.out_dir from its newest checkpoint")
+                   help="continue the run in train.out_dir from its newest intact checkpoint")
+    p.add_argument("--resume-step", type=int, default=None, metavar="N",
+                   help="continue from checkpoint N (implies --resume); newer checkpoints are moved to "
+                        "out_dir/set_aside/, not deleted")
     g = p.add_argument_group("multi-process runs (every process runs the same command; docs/scale-out.md)")
     g.add_argument("--distributed", action="store_true",
                    help="join a multi-process run found from the cluster's environment (TPU pod "
@@ -59,7 +62,7 @@ def run(args: jsonargparse.Namespace, source: Source) -> int:
         enc = load_tokenizer(cfg.data.tokenizer)
         if "model.vocab_size" not in explicit:  # the vocabulary follows the tokenizer unless set
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=enc.n_vocab))
-        train(cfg, resume=args.resume, enc=enc)
+        train(cfg, resume=args.resume, enc=enc, resume_step=args.resume_step)
     except BaseException as err:
         if not multi:
             raise
@@ -73,9 +76,13 @@ def _leave_now(err: BaseException) -> None:
     import traceback
 
     import jax
-    if isinstance(err, ConfigError | RuntimeError):
+
+    from arlm_jax.train.stop import Interrupted
+    if isinstance(err, Interrupted):
+        print(f"arlm (process {jax.process_index()}): {err}", file=sys.stderr, flush=True)
+    elif isinstance(err, ConfigError | RuntimeError):
         print(f"arlm: error (process {jax.process_index()}): {err}", file=sys.stderr, flush=True)
     else:
         traceback.print_exc()
     sys.stdout.flush()
-    os._exit(2 if isinstance(err, ConfigError) else 1)
+    os._exit(err.exit_code if isinstance(err, Interrupted) else 2 if isinstance(err, ConfigError) else 1)

@@ -28,7 +28,6 @@ import glob
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -37,9 +36,11 @@ import numpy as np
 
 from arlm_jax.config import DataConfig
 from arlm_jax.errors import ConfigError
+from arlm_jax.files import atomic_write, remove_stale_temporaries
 from arlm_jax.data.tokenizer import eot_id, tokenizer_identity
 
-FORMAT_VERSION = 1  # bump when corpus rules or the cache layout change: old caches miss
+FORMAT_VERSION = 2  # bump when corpus rules or the cache layout change: old caches miss
+# (2: each split's SHA-256 in the meta, checked when the entry is opened)
 _STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests",
                                "idle_test"})
 _SNIFF_BYTES = 8192
@@ -179,6 +180,7 @@ class TokenData:
     n_val_docs: int
     bytes_per_token: float
     cache_path: Path  # the meta JSON; <stem>.train.bin and <stem>.val.bin lie beside it
+    note: str = ""  # what happened to the entry on opening, for the user (a rebuild and why)
 
 
 def token_dtype(n_vocab: int) -> np.dtype:
@@ -220,8 +222,18 @@ def _bin_paths(meta_path: Path) -> dict[str, Path]:
     return {s: meta_path.with_name(f"{stem}.{s}.bin") for s in ("train", "val")}
 
 
-def _read_meta(meta_path: Path, key: str) -> dict | None:
-    """The meta of a complete cache entry for ``key``, else None."""
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_meta(meta_path: Path, key: str) -> tuple[dict | None, str]:
+    """(the meta of a complete, intact cache entry for ``key``, else None; why not, when the
+    entry exists but is damaged). Each split's bytes are checked against the SHA-256 the build
+    wrote (~25 ms for the 11M-token default corpus, docs/reliability.md)."""
     try:
         meta = json.loads(meta_path.read_text())
         itemsize = np.dtype(meta["dtype"]).itemsize
@@ -229,22 +241,13 @@ def _read_meta(meta_path: Path, key: str) -> dict | None:
             p.stat().st_size == meta[f"n_{s}_tokens"] * itemsize
             for s, p in _bin_paths(meta_path).items())
     except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return meta if ok else None
-
-
-def _write_atomic(path: Path, write):
-    """Run ``write(fh)`` on a temp file beside ``path``, rename it onto ``path``, return its result."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            out = write(fh)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared $ARLM_CACHE must stay readable
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return out
+        return None, ""
+    if not ok:
+        return None, ""
+    for split, path in _bin_paths(meta_path).items():
+        if _sha256(path) != meta.get(f"{split}_sha256"):
+            return None, f"the cached {split} tokens in {path} failed their checksum; rebuilt them"
+    return meta, ""
 
 
 def _split_texts(spec: str, split: str, val_ids: frozenset[str], single: bool,
@@ -261,6 +264,7 @@ def _write_tokens(fh, enc, texts: Iterator[str], eot: int, dtype: np.dtype) -> d
     """Tokenise ``texts`` in ~4 MiB chunks (one threaded tiktoken call each) into ``fh``, an
     eot after every text; return the split's token, document and UTF-8 byte counts."""
     stats = {"tokens": 0, "docs": 0, "bytes": 0}
+    sha = hashlib.sha256()
 
     def flush(chunk: list[str]) -> None:
         parts = []
@@ -268,7 +272,9 @@ def _write_tokens(fh, enc, texts: Iterator[str], eot: int, dtype: np.dtype) -> d
             parts += [np.asarray(ids, dtype=np.int64), np.array([eot], dtype=np.int64)]
         ids = np.concatenate(parts)
         check_token_ids(ids, dtype)
-        fh.write(ids.astype(dtype).tobytes())
+        raw = ids.astype(dtype).tobytes()
+        sha.update(raw)
+        fh.write(raw)
         stats["tokens"] += ids.size
         stats["docs"] += len(chunk)
         stats["bytes"] += sum(len(t.encode("utf-8")) for t in chunk)
@@ -282,7 +288,7 @@ def _write_tokens(fh, enc, texts: Iterator[str], eot: int, dtype: np.dtype) -> d
             chunk, n_chars = [], 0
     if chunk:
         flush(chunk)
-    return stats
+    return stats | {"sha256": sha.hexdigest()}
 
 
 def _write_cache(data_cfg: DataConfig, enc, meta_path: Path, key: str) -> dict:
@@ -298,10 +304,11 @@ def _write_cache(data_cfg: DataConfig, enc, meta_path: Path, key: str) -> dict:
             "tokenizer": tokenizer_identity(enc), "val_fraction": val_fraction, "dtype": dtype.name}
     for split, path in _bin_paths(meta_path).items():
         texts = _split_texts(spec, split, val_ids, len(doc_ids) == 1, val_fraction)
-        stats = _write_atomic(path, lambda fh: _write_tokens(fh, enc, texts, eot, dtype))
+        stats = atomic_write(path, lambda fh: _write_tokens(fh, enc, texts, eot, dtype))
+        meta[f"{split}_sha256"] = stats.pop("sha256")
         meta.update({f"n_{split}_{k}": v for k, v in stats.items()})
     meta["seconds"] = round(time.perf_counter() - t0, 3)
-    _write_atomic(meta_path, lambda fh: fh.write(json.dumps(meta, indent=1).encode()))
+    atomic_write(meta_path, lambda fh: fh.write(json.dumps(meta, indent=1).encode()))
     return meta
 
 
@@ -322,9 +329,10 @@ def build_token_cache(data_cfg: DataConfig, enc, cache_dir: str | os.PathLike | 
     key = cache_key(data_cfg, enc)
     root = Path(cache_dir) if cache_dir is not None else cache_dir_of(data_cfg)
     meta_path = root / f"tokens-{key}.json"
-    meta = _read_meta(meta_path, key)
+    meta, note = _read_meta(meta_path, key)
     if meta is None:
-        root.mkdir(parents=True, exist_ok=True)
+        _make_cache_dir(root)
+        remove_stale_temporaries(root)  # of builds that were killed
         meta = _write_cache(data_cfg, enc, meta_path, key)
     dtype = np.dtype(meta["dtype"])
     bins = _bin_paths(meta_path)
@@ -333,7 +341,29 @@ def build_token_cache(data_cfg: DataConfig, enc, cache_dir: str | os.PathLike | 
                      val=_open(bins["val"], dtype, n_val), dtype=dtype,
                      n_train_docs=meta["n_train_docs"], n_val_docs=meta["n_val_docs"],
                      bytes_per_token=meta["n_val_bytes"] / n_val if n_val else float("nan"),
-                     cache_path=meta_path)
+                     cache_path=meta_path, note=note)
+
+
+def _make_cache_dir(root: Path) -> None:
+    """Create the token cache folder; a one-line ConfigError where it cannot be written."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".probe.{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"data.cache_dir: the token cache folder {str(root)!r} cannot be written "
+                          f"({err.strerror or type(err).__name__}); set data.cache_dir or $ARLM_CACHE "
+                          f"to a folder you can write to") from None
+
+
+def check_ids_below(data: TokenData, vocab_size: int) -> None:
+    """ConfigError unless every token id of both splits is < ``vocab_size`` (one pass)."""
+    for split, ids in (("train", data.train), ("val", data.val)):
+        top = int(ids.max()) if ids.size else -1
+        if top >= vocab_size:
+            raise ConfigError(f"data: the token cache {data.cache_path} holds id {top} in its {split} split, "
+                              f">= model.vocab_size={vocab_size}; delete the entry to rebuild it")
 
 
 # ---- batches ------------------------------------------------------------------------------------

@@ -21,23 +21,28 @@ import jax
 import jax.numpy as jnp
 import tiktoken
 from jax.sharding import Mesh
+from orbax.checkpoint import multihost
 
 from arlm_jax.analysis.flops import flops_per_token, peak_flops
+from arlm_jax.analysis.memory import check_state_fits
 from arlm_jax.checkpoint import Checkpointer
 from arlm_jax.config import RunConfig, to_dict
 from arlm_jax.data import tokens as data_lib
 from arlm_jax.data.tokenizer import decode, encode, eot_id, load_tokenizer, tokenizer_identity
 from arlm_jax.decode.generate import generate
 from arlm_jax.decode.sampling import Sampler
-from arlm_jax.errors import ConfigError
+from arlm_jax.errors import ConfigError, ResourceError
+from arlm_jax.files import atomic_write_text
 from arlm_jax.models import family_of
 from arlm_jax.parallel.hosts import global_batch, process_rows, to_host
 from arlm_jax.parallel.mesh import mesh_of
 from arlm_jax.train.evaluate import EvalSet
+from arlm_jax.train.lock import run_lock
 from arlm_jax.train.optim import make_optimizer
 from arlm_jax.train.run_dir import (abstract_state, append_jsonl, check_resumable, plot_losses,
                                     truncate_jsonl)
 from arlm_jax.train.step import (TrainState, init_sharded_state, make_eval_step, make_train_step)
+from arlm_jax.train.stop import Interrupted, StopRequests, stop_requests
 
 
 class TrainingDiverged(RuntimeError):
@@ -71,6 +76,7 @@ class OpenRun:
     lead: bool  # process 0: prints and writes the run folder's files
     meta: Callable[[int], dict]  # checkpoint meta of a step
     val: EvalSet  # the validation windows, gathered once
+    stop: StopRequests = dataclasses.field(default_factory=StopRequests)  # SIGTERM / SIGINT seen
     t0: float = dataclasses.field(default_factory=time.perf_counter)  # when the run was opened
 
     def elapsed(self) -> float:
@@ -82,7 +88,11 @@ class OpenRun:
 
     def log(self, rows: list[dict]) -> None:
         if self.lead:
-            append_jsonl(self.metrics_path, rows)
+            try:
+                append_jsonl(self.metrics_path, rows)
+            except OSError as err:
+                raise ResourceError(f"metrics: cannot append to {self.metrics_path} ({err.strerror or err}); "
+                                    f"the earlier checkpoints are intact; free space, then --resume") from None
 
 
 def _load_data(run: RunConfig, enc: tiktoken.Encoding, say) -> data_lib.TokenData:
@@ -91,6 +101,9 @@ def _load_data(run: RunConfig, enc: tiktoken.Encoding, say) -> data_lib.TokenDat
                           f"{enc.n_vocab} ids; set model.vocab_size >= {enc.n_vocab}")
     t0 = time.perf_counter()
     data = data_lib.build_token_cache(run.data, enc)
+    if data.note:
+        say(f"data: {data.note}")
+    data_lib.check_ids_below(data, run.model.vocab_size)
     data_lib.check_window(len(data.train), run.seq_len, "train")
     data_lib.check_window(len(data.val), run.seq_len, "validation")
     say(f"data: {len(data.train):,} train / {len(data.val):,} val tokens "
@@ -99,9 +112,13 @@ def _load_data(run: RunConfig, enc: tiktoken.Encoding, say) -> data_lib.TokenDat
 
 
 def open_run(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
-             enc: tiktoken.Encoding | None = None) -> OpenRun:
+             enc: tiktoken.Encoding | None = None, stop: StopRequests | None = None,
+             resume_step: int | None = None) -> OpenRun:
     """Validate ``run``, load its data, compile its steps, and restore (``resume``) or create
-    its state; config.json is written and metrics.jsonl cut back to the restored step."""
+    its state; config.json is written and metrics.jsonl cut back to the restored step.
+
+    A resume restores the newest intact checkpoint (or ``resume_step``): a corrupt newer one
+    is reported and moved aside, never deleted (checkpoint.py)."""
     t0 = time.perf_counter()
     run.validate()
     tc, cfg = run.train, run.model
@@ -119,36 +136,62 @@ def open_run(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
 
     run_dir = Path(tc.out_dir)
     ck = Checkpointer(run_dir, tc.keep_checkpoints)
-    latest = ck.latest_step()
-    if latest is not None and not resume:
-        raise ConfigError(f"train.out_dir={tc.out_dir!r} already holds checkpoints (newest step {latest}); "
-                          f"pass --resume to continue that run or choose another train.out_dir")
-    if latest is not None:
-        saved = ck.read_meta(latest)
-        check_resumable(saved["config"], run, saved["tokenizer"], tok_id, str(ck.directory))
-        state, _ = ck.restore(abstract_state(run, mesh), latest)  # onto this mesh
-        say(f"resumed from step {latest} in {ck.directory}")
-    else:
-        if resume:
-            say(f"--resume: no checkpoint in {ck.directory}; starting at step 0")
-        state = init_sharded_state(jax.random.key(tc.seed), cfg, optimizer, mesh)
-    start = int(state.step)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = run_dir / "metrics.jsonl"
-    if lead:
-        (run_dir / "config.json").write_text(json.dumps(to_dict(run), indent=1) + "\n")
-        if start == 0:
-            metrics_path.unlink(missing_ok=True)
-        else:
-            truncate_jsonl(metrics_path, start)
+    try:
+        state = _restore_or_init(run, ck, mesh, optimizer, tok_id, say, resume, resume_step)
+        start = int(state.step)
+        metrics_path = _prepare_folder(run, start, lead, say)
+        val = EvalSet.build(data.val, tc.batch_size, run.seq_len, tc.eval_batches, data.bytes_per_token, mesh)
+    except BaseException:
+        ck.close(quiet=True)  # no orbax thread outlives a failed open
+        raise
 
     def meta(step: int) -> dict:
         return {"step": step, "data": {"seed": tc.seed, "next_batch": step}, "config": to_dict(run),
                 "tokenizer": tok_id}
-    val = EvalSet.build(data.val, tc.batch_size, run.seq_len, tc.eval_batches, data.bytes_per_token, mesh)
     return OpenRun(run=run, enc=enc, data=data, mesh=mesh, ck=ck, train_step=train_step,
                    eval_step=eval_step, optimizer=optimizer, state=state, start=start,
-                   metrics_path=metrics_path, say=say, lead=lead, meta=meta, val=val, t0=t0)
+                   metrics_path=metrics_path, say=say, lead=lead, meta=meta, val=val,
+                   stop=stop or StopRequests(), t0=t0)
+
+
+def _restore_or_init(run: RunConfig, ck: Checkpointer, mesh: Mesh, optimizer: Any, tok_id: str,
+                     say: Callable, resume: bool, resume_step: int | None) -> TrainState:
+    """The newest intact checkpoint's state (or ``resume_step``'s) when resuming, else a new one;
+    the state is checked to fit in device memory before anything is allocated."""
+    tc = run.train
+    latest = ck.latest_step()
+    if latest is not None and not resume:
+        raise ConfigError(f"train.out_dir={tc.out_dir!r} already holds checkpoints (newest step {latest}); "
+                          f"pass --resume to continue that run or choose another train.out_dir")
+    if resume_step is not None and latest is None:
+        raise ConfigError(f"--resume-step {resume_step}: no checkpoint in {ck.directory}")
+    abstract = abstract_state(run, mesh)
+    check_state_fits(abstract, mesh)
+    if latest is None:
+        if resume:
+            say(f"--resume: no checkpoint in {ck.directory}; starting at step 0")
+        return init_sharded_state(jax.random.key(tc.seed), run.model, optimizer, mesh)
+
+    def check(saved: dict) -> None:
+        check_resumable(saved["config"], run, saved["tokenizer"], tok_id, str(ck.directory))
+    state, saved, notes = ck.restore_newest(abstract, resume_step, check)  # onto this mesh
+    for note in notes:
+        say(f"--resume: {note}")
+    say(f"resumed from step {saved['step']} in {ck.directory}")
+    return state
+
+
+def _prepare_folder(run: RunConfig, start: int, lead: bool, say: Callable) -> Path:
+    """Write config.json and cut metrics.jsonl back to ``start`` (process 0); -> its path."""
+    run_dir = Path(run.train.out_dir)
+    metrics_path = run_dir / "metrics.jsonl"
+    if lead:
+        atomic_write_text(run_dir / "config.json", json.dumps(to_dict(run), indent=1) + "\n")
+        if start == 0:
+            metrics_path.unlink(missing_ok=True)
+        elif bad := truncate_jsonl(metrics_path, start):
+            say(f"{metrics_path}: dropped {bad} line(s) that were not whole JSON rows (a torn write)")
+    return metrics_path
 
 
 class _Metrics:
@@ -230,7 +273,9 @@ class _Clock:
 
 def run_steps(r: OpenRun) -> TrainState:
     """Step from ``r.start`` to ``train.steps``: validation every ``eval_every`` steps and a
-    checkpoint every ``ckpt_every`` (and at the end). Ctrl-C saves the current step first.
+    checkpoint every ``ckpt_every`` (and at the end). On SIGTERM or SIGINT (``r.stop``, checked
+    at every step) the current step is saved, every queued save finished, and ``Interrupted``
+    raised (stop.py).
 
     The host never waits for the device between fetches: each step is dispatched
     asynchronously, the next batch is gathered and sent while it runs, metrics stay on the
@@ -266,13 +311,15 @@ def run_steps(r: OpenRun) -> TrainState:
                 r.log([{"split": "val", "step": step, **val, "elapsed_s": r.elapsed()}])
             if step % tc.ckpt_every == 0 or step == tc.steps:
                 save(state, step)
-    except KeyboardInterrupt:
-        metrics.flush()
-        if step > metrics.last_saved:
-            save(state, step)
-        r.ck.wait()
-        metrics.bar.close()
-        r.say(f"interrupted at step {step}: checkpoint saved in {r.ck.directory}; --resume continues")
+            if r.stop.should_stop(step):
+                metrics.flush()
+                if step > metrics.last_saved:
+                    save(state, step)
+                r.ck.wait()
+                metrics.bar.close()
+                raise Interrupted(f"stopped by {r.stop.name()} at step {step}: checkpoint saved in "
+                                  f"{r.ck.directory}; --resume continues", r.stop.signum)
+    except Interrupted:
         raise
     except BaseException:
         metrics.bar.close()
@@ -304,6 +351,9 @@ def finish(r: OpenRun, state: TrainState) -> TrainResult:
     r.ck.wait()
     r.ck.close()
     tc, cfg, step = r.run.train, r.run.model, int(state.step)
+    if r.stop.signum is not None:  # came during the last save: it is on disk, the report is not needed
+        raise Interrupted(f"stopped by {r.stop.name()} after the last step ({step}); its checkpoint is "
+                          f"saved in {r.ck.directory}", r.stop.signum)
     final = r.validate(state)
     r.log([{"split": "val", "step": step, **final, "elapsed_s": r.elapsed()}])
     r.say(f"validation at step {step}: loss {final['loss']:.4f}  perplexity {final['ppl']:.2f}  "
@@ -329,16 +379,27 @@ def finish(r: OpenRun, state: TrainState) -> TrainResult:
 
 
 def train(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
-          enc: tiktoken.Encoding | None = None) -> TrainResult:
-    """Train ``run`` (resuming from its out_dir's newest checkpoint when ``resume``); reports go
+          enc: tiktoken.Encoding | None = None, resume_step: int | None = None) -> TrainResult:
+    """Train ``run`` (resuming from its out_dir's newest intact checkpoint when ``resume``, or
+    from ``resume_step``, whose newer checkpoints are moved aside); reports go
     to ``out`` (default stdout), the progress bar to stderr. ``enc`` is ``run.data.tokenizer``
     already loaded, if the caller has it.
 
     The run is laid out on ``run.mesh`` (parallel/). With several processes (after
     ``jax.distributed.initialize``; see parallel/distributed.py) every process runs this same
     function: each loads only its rows of each batch, all write the checkpoints together, and
-    process 0 alone prints and writes config.json, metrics.jsonl and the plot."""
-    r = open_run(run, resume=resume, out=out, enc=enc)
-    fit = family_of(run.model).fit
-    state = run_steps(r) if fit is None else run_fit(r, fit)
-    return finish(r, state)
+    process 0 alone prints and writes config.json, metrics.jsonl and the plot.
+
+    The run folder has one owner (lock.py): process 0 holds its lock throughout. SIGTERM and
+    SIGINT stop the run at the next step boundary after saving it (stop.py)."""
+    run.validate()
+    with run_lock(run.train.out_dir, enabled=jax.process_index() == 0), \
+            stop_requests(jax.process_count() > 1, multihost.reached_preemption) as stop:
+        r = open_run(run, resume=resume or resume_step is not None, out=out, enc=enc, stop=stop,
+                     resume_step=resume_step)
+        try:
+            fit = family_of(run.model).fit
+            state = run_steps(r) if fit is None else run_fit(r, fit)
+            return finish(r, state)
+        finally:
+            r.ck.close(quiet=True)  # on every path: no orbax thread outlives the run

@@ -2,8 +2,11 @@
 
 A run folder (``train.out_dir``) holds:
   config.json     the resolved RunConfig
-  metrics.jsonl   one JSON object per logged train step ({"split": "train", ...}) and per
-                  validation ({"split": "val", ...}); a resumed run drops rows past its start
+  metrics.jsonl   an append-only log: one JSON object per logged train step ({"split":
+                  "train", ...}) and per validation ({"split": "val", ...}); a resumed run
+                  drops rows past its start and any line that is not one whole JSON object
+                  (a torn tail after a full disk or a kill), rewriting the file atomically
+  .lock           the owner's advisory lock (lock.py)
   checkpoints/    orbax steps (see ``checkpoint.py``)
   loss.png        train and validation loss curves (needs matplotlib)
 """
@@ -19,6 +22,7 @@ import jax
 from arlm_jax.checkpoint import CheckpointError, Checkpointer
 from arlm_jax.config import RunConfig, from_dict, to_dict
 from arlm_jax.errors import ConfigError
+from arlm_jax.files import atomic_write_text
 from arlm_jax.models import family_of
 from arlm_jax.parallel.shardings import abstract_with_shardings
 from arlm_jax.train.optim import make_optimizer
@@ -68,12 +72,35 @@ def append_jsonl(path: Path, rows: list[dict]) -> None:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
 
 
-def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop rows logged after ``last_step`` by a run that died before its next checkpoint."""
-    if path.exists():
-        rows = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= last_step]
-        path.write_text("".join(r + "\n" for r in rows))
+def read_jsonl(path: Path) -> tuple[list[dict], int]:
+    """(the rows of a metrics log, how many lines were dropped): a line that is not one whole
+    JSON object with a ``step`` (torn by a kill or a full disk, or garbage) is dropped."""
+    rows, bad = [], 0
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+        else:
+            bad += 1
+    return rows, bad
+
+
+def truncate_jsonl(path: Path, last_step: int) -> int:
+    """Drop rows logged after ``last_step`` by a run that died before its next checkpoint, and
+    lines that are not whole rows; rewritten atomically, and only when something is dropped.
+    -> the number of bad lines dropped."""
+    if not path.exists():
+        return 0
+    rows, bad = read_jsonl(path)
+    kept = [r for r in rows if r["step"] <= last_step]
+    if bad or len(kept) < len(rows):
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return bad
 
 
 def plot_losses(metrics_path: Path, out: Path) -> str:
@@ -84,7 +111,7 @@ def plot_losses(metrics_path: Path, out: Path) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         return "loss plot skipped: matplotlib is not installed (pip install 'arlm_jax[plot]')"
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows, _ = read_jsonl(metrics_path)
     fig, ax = plt.subplots(figsize=(6, 4))
     for split in ("train", "val"):
         pts = [(r["step"], r["loss"]) for r in rows if r["split"] == split]
@@ -113,15 +140,41 @@ def abstract_state(run: RunConfig, mesh: Any = None) -> Any:
 def load_run(run_dir: str | Path, step: int | None = None, mesh=None) -> tuple[RunConfig, dict, dict]:
     """(config, params, meta) of a training run's checkpoint (default: the newest).
 
-    With a ``mesh`` every array is restored straight into its place on it (the rule table's
-    layout, whatever mesh saved it); without one, onto the default device."""
+    The checkpoint's own config is authoritative; the folder's config.json must agree with it
+    on every option that shapes the model and its training (``RESUMABLE_CHANGES`` may differ),
+    else a one-line CheckpointError. With a ``mesh`` every array is restored straight into its
+    place on it (the rule table's layout, whatever mesh saved it); without one, onto the
+    default device."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
-    try:
-        run = from_dict(json.loads(cfg_path.read_text())).validate()
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"checkpoint: {str(cfg_path)!r} is missing or unreadable; give the "
-                              f"out_dir of a training run ({type(err).__name__})") from err
     with Checkpointer(run_dir, read_only=True) as ck:
-        state, meta = ck.restore(abstract_state(run, mesh), step)
+        meta = ck.read_meta(step)
+        try:
+            run = from_dict(meta["config"]).validate()
+        except ConfigError as err:
+            raise CheckpointError(f"checkpoint: the config in step {meta['step']} of {str(ck.directory)!r} "
+                                  f"is not one this version reads ({err})") from None
+        _check_config_json(cfg_path, run)
+        state, meta = ck.restore(abstract_state(run, mesh), meta["step"])
     return run, state.params, meta
+
+
+def _check_config_json(path: Path, run: RunConfig) -> None:
+    """CheckpointError where the run folder's config.json disagrees with the checkpoint's config."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return  # the checkpoint carries its own config
+    except OSError as err:
+        raise CheckpointError(f"checkpoint: {str(path)!r} is unreadable ({err.strerror})") from None
+    try:
+        written = _flatten(json.loads(text))
+    except (ValueError, AttributeError):
+        raise CheckpointError(f"checkpoint: {str(path)!r} is not a JSON object; the checkpoint's own config "
+                              f"is authoritative: delete or restore config.json") from None
+    ours = _flatten(to_dict(run))
+    for name in sorted(set(written) | set(ours)):
+        if name not in RESUMABLE_CHANGES and name in written and written[name] != ours.get(name):
+            raise CheckpointError(f"checkpoint: {str(path)!r} says {name}={written[name]!r} but the checkpoint "
+                                  f"was trained with {ours.get(name)!r}; the checkpoint's config is "
+                                  f"authoritative: restore config.json")
