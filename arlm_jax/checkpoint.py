@@ -160,13 +160,9 @@ class Checkpointer:
         step = self._step(step)
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-            meta = dict(out["meta"])
+            return dict(out["meta"])
         except Exception as err:  # orbax raises many types for a damaged folder
             raise _corrupt(self.directory, step, err) from err
-        if not isinstance(meta.get("config"), dict):
-            raise CorruptCheckpoint(f"checkpoint: step {step} in {str(self.directory)!r} is corrupt "
-                                    f"(its meta has no config)")
-        return meta
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
         """(state, meta) of ``step`` (default: the newest), arrays laid out as ``abstract_state``

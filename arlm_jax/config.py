@@ -9,6 +9,8 @@ validated once, at the boundary (``validate()``); the numeric code never re-chec
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,15 +204,45 @@ def to_dict(cfg: Any) -> dict:
 
 
 def _from_dict_of(cls: type, data: dict, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"the {prefix.rstrip('.')} section is {data!r}, not a table of options")
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]} is not an option; choose from {', '.join(names)}")
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        if (allowed := _type_mismatch(value, hints[name])) is not None:
+            raise ConfigError(f"{prefix}{name}={value!r} is not {allowed}")
     return cls(**data)
+
+
+# what a value of each scalar field type is called in a one-line error (cli/errors.py too)
+KIND_NAMES = {bool: "true or false", int: "an int", float: "a float", str: "a string", type(None): "none"}
+
+
+def _type_mismatch(value: Any, hint: Any) -> str | None:
+    """What a field of type ``hint`` allows, when ``value`` is not that (None when it is, or
+    when the hint is not a plain scalar type or a union of them)."""
+    kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if not all(k in KIND_NAMES for k in kinds):
+        return None
+
+    def fits(kind: type) -> bool:
+        if kind is float:
+            return isinstance(value, int | float) and not isinstance(value, bool)
+        if kind is int:
+            return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, kind)
+    if any(fits(k) for k in kinds):
+        return None
+    return " or ".join(KIND_NAMES[k] for k in sorted(kinds, key=lambda k: k is type(None)))
 
 
 def model_from_dict(data: dict) -> Any:
     """A family's model config from its dict (``family`` picks the class; default transformer)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"the model section is {data!r}, not a table of options")
     fam = get_family(data.get("family", "transformer"))
     return _from_dict_of(fam.config, {**data, "family": fam.name}, "model.")
 

@@ -92,6 +92,7 @@ def test_batch_samples_and_beams(run_dir, tmp_path, capsys):
     (["--prompt", "x" * 40, "--beams", "2"], "longer than the context"),  # sampling crops it
     (["--window-keep", "0", "--max-new-tokens", "60"], "window_keep=0 must be an integer in 1..32"),
     (["--num-samples", "3", "--beams", "2"], "--num-samples=3"),
+    (["--beams", "0"], "--beams=0 must be >= 1"),
 ])
 def test_bad_generate_input_is_one_line(run_dir, extra, needle, capsys):
     args = ["generate", "--checkpoint", run_dir, "--prompt", "def"]

@@ -352,12 +352,12 @@ def test_checkpoint_round_trip(case, tmp_path):
     state, _ = _train_state(cfg, params, run.train)
     (tmp_path / "config.json").write_text(json.dumps(to_dict(run)))
     with Checkpointer(tmp_path) as ck:
-        ck.save(3, state, {"step": 3})
+        ck.save(3, state, {"step": 3, "config": to_dict(run)})
         ck.wait()
     with Checkpointer(tmp_path, read_only=True) as ck:
         restored, meta = ck.restore(abstract_state(run))
-    loaded_run, loaded, meta2 = load_run(tmp_path)
-    assert meta == meta2 == {"step": 3} and loaded_run == run
+    loaded_run, loaded, meta2 = load_run(tmp_path)  # the config comes from the checkpoint's meta
+    assert meta == meta2 == {"step": 3, "config": to_dict(run)} and loaded_run == run
     assert jax.tree.structure(restored) == jax.tree.structure(state)
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -133,3 +134,40 @@ def test_single_process_needs_no_initialize(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     assert distributed.initialize() is False
     assert distributed.initialize(num_processes=1) is False
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+    """A scheduler's SIGTERM reaches one process of two: JAX's preemption service agrees on a
+    step, both save it together and exit 143; the checkpoint restores here."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(4):
+        (corpus / f"m{i}.py").write_text("".join(f"def f{j}(x):\n    return x - {j}\n" for j in range(40)))
+    data = DataConfig(corpus=str(corpus), cache_dir=str(tmp_path / "cache"))
+    build_token_cache(data, load_tokenizer("byte"))
+    flags = ["train", "--preset", "tiny", "--model.vocab_size", "260", "--data.corpus", str(corpus),
+             "--data.cache_dir", str(tmp_path / "cache"), "--train.out_dir", str(tmp_path / "run"),
+             "--mesh.data", "2", "--mesh.fsdp", "1", "--distributed-timeout", "60",
+             "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2", "--train.steps", "2000",
+             "--train.batch_size", "8", "--train.log_every", "1", "--train.ckpt_every", "1000",
+             "--train.eval_every", "1000", "--train.progress", "false", "--train.sample_tokens", "0"]
+    env = _env(JAX_NUM_CPU_DEVICES="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "arlm_jax.cli", *flags, "--process-id", str(i)], env=env,
+                              text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    try:
+        for line in procs[0].stdout:  # process 0 reports the steps
+            if line.startswith("step") and int(line.split()[1]) >= 5:
+                break
+        procs[1].send_signal(signal.SIGTERM)
+        results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for code, _, err in results:
+        assert code == 143, err[-3000:]
+    saved = sorted(int(d.name) for d in (tmp_path / "run" / "checkpoints").iterdir() if d.name.isdigit())
+    assert len(saved) == 1 and 5 <= saved[0] < 2000, saved  # one step, written by both together
+    assert f"stopped by SIGTERM at step {saved[0]}" in results[0][2]
+    _, _, meta = load_run(tmp_path / "run")
+    assert meta["step"] == saved[0]

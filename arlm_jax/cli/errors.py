@@ -9,9 +9,10 @@ import re
 
 import jsonargparse
 
+from arlm_jax.config import KIND_NAMES
 from arlm_jax.models import families, get_family
 
-_KINDS = {"int": "an int", "float": "a float", "bool": "true or false", "str": "a string", "NoneType": "none"}
+_KINDS = {kind.__name__: name for kind, name in KIND_NAMES.items()}  # by the class name jsonargparse shows
 
 
 def describe(message: str, parser: jsonargparse.ArgumentParser | None, where: str = "line") -> str:

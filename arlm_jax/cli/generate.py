@@ -130,6 +130,8 @@ def run(args: jsonargparse.Namespace, source: Source) -> int:
     for name in ("num_samples", "chunk", "max_new_tokens"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
+    if args.beams is not None and args.beams < 1:
+        raise ConfigError(f"--beams={args.beams} must be >= 1 (the beam width; omit it to sample)")
     if args.beams is not None and not 1 <= args.num_samples <= args.beams:
         raise ConfigError(f"--num-samples={args.num_samples} must be in 1..--beams={args.beams} with beam search")
     texts = _prompts(args)

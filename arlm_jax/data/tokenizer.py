@@ -174,6 +174,9 @@ def load_tiktoken_file(path: str | os.PathLike) -> tiktoken.Encoding:
     if not path.is_file():
         raise ConfigError(f"data.tokenizer={str(path)!r} does not exist; give a path to a .tiktoken file")
     ranks = _read_ranks(path)
+    if not ranks:
+        raise ConfigError(f"data.tokenizer={str(path)!r} holds no tokens (an empty .tiktoken file); "
+                          f"train one with arlm tokenizer train")
     sidecar = Path(f"{path}.json")
     try:
         meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}

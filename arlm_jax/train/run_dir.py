@@ -151,6 +151,9 @@ def load_run(run_dir: str | Path, step: int | None = None, mesh=None) -> tuple[R
         meta = ck.read_meta(step)
         try:
             run = from_dict(meta["config"]).validate()
+        except (KeyError, TypeError, AttributeError):
+            raise CheckpointError(f"checkpoint: step {meta.get('step')} in {str(ck.directory)!r} has no config in "
+                                  f"its meta; it was not written by arlm train") from None
         except ConfigError as err:
             raise CheckpointError(f"checkpoint: the config in step {meta['step']} of {str(ck.directory)!r} "
                                   f"is not one this version reads ({err})") from None

@@ -8,13 +8,15 @@ longer break into an orbax save half way.
 
 Multi-process runs: every process must save at the same step. JAX's preemption service
 (started by ``jax.distributed.initialize``) catches SIGTERM on any process and agrees on a step
-with the others; ``should_stop`` asks it (through orbax's ``reached_preemption``) at every step,
-and the Python handler is installed for SIGINT only, leaving SIGTERM to it.
+with the others; ``should_stop`` asks it (through orbax's ``reached_preemption``) at every step
+and stops only when it says so. SIGTERM is left to it; a SIGINT is recorded (it names the exit)
+and passed on to it as a SIGTERM to this process, so a Ctrl-C is agreed on the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -33,18 +35,23 @@ class StopRequests:
 
     def __init__(self, reached_preemption: Callable[[int], bool] | None = None):
         self.signum: int | None = None
-        self._preemption = reached_preemption
+        self._preemption = reached_preemption  # multi-process: JAX's agreement on a step
 
     def record(self, signum: int, frame=None) -> None:
         if self.signum is None:
             self.signum = signum
+        if self._preemption is not None and signum == signal.SIGINT:
+            os.kill(os.getpid(), signal.SIGTERM)  # into JAX's preemption service
 
     def should_stop(self, step: int) -> bool:
-        """True once a signal came (or, multi-process, when all processes reached the agreed
-        preemption step); call it at every step, on every process."""
-        if self._preemption is not None and self._preemption(step):
+        """True once a signal came (multi-process: once all processes reached the step they
+        agreed on); call it at every step, on every process."""
+        if self._preemption is None:
+            return self.signum is not None
+        if self._preemption(step):
             self.signum = self.signum or signal.SIGTERM
-        return self.signum is not None
+            return True
+        return False
 
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else "a signal"
