@@ -8,6 +8,7 @@ the first compiles: a run of the tiny preset then takes ~8 s, mostly process sta
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -188,18 +189,33 @@ def test_an_out_dir_that_cannot_be_a_folder_is_one_line(world, tmp_path, kind, c
     assert blocker.read_text() == "x"
 
 
-def test_a_read_only_out_dir_is_one_line(world, tmp_path, capsys):
-    if os.geteuid() == 0:
-        pytest.skip("root writes to read-only folders")
-    run = tmp_path / "ro"
-    run.mkdir()
-    run.chmod(0o555)
+@contextlib.contextmanager
+def _unwritable(folder: Path):
+    """``folder`` made unwritable for this process: chmod for a user; for root (whom modes do
+    not stop) the immutable attribute, where chattr works; else the test is skipped."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        undo = lambda: folder.chmod(0o755)  # noqa: E731
+    elif shutil.which("chattr") and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+        undo = lambda: subprocess.run(["chattr", "-i", str(folder)], check=True)  # noqa: E731
+    else:
+        pytest.skip("root, and no chattr +i here: nothing makes a folder unwritable")
     try:
-        rc, _, err = _in_process(world, run, capsys=capsys)
+        yield
     finally:
-        run.chmod(0o755)
-    assert rc == 2 and err.count("\n") == 1 and "is not writable" in err, err
-    shutil.rmtree(run)
+        undo()
+
+
+@pytest.mark.parametrize("which", ["out_dir", "cache_dir"])
+def test_an_unwritable_folder_is_one_line(world, tmp_path, which, capsys):
+    folder = tmp_path / which
+    folder.mkdir()
+    extra = ["--data.cache_dir", str(folder)] if which == "cache_dir" else []
+    with _unwritable(folder):
+        rc, _, err = _in_process(world, folder if which == "out_dir" else tmp_path / "run", *extra, capsys=capsys)
+    needle = "is not writable" if which == "out_dir" else "the token cache folder"
+    assert rc == 2 and err.count("\n") == 1 and needle in err, err
+    assert list(folder.iterdir()) == []
 
 
 @pytest.mark.parametrize("name, text, needle", [
