@@ -1,7 +1,7 @@
 """Run ``arlm train`` as a user does, in its own process, and read the figures it prints.
 
 Shared by bench_loop.py and time_to_quality.py, so the parsing of the loop's ``loop:`` line
-(train/loop.py ``_Clock.report``) lives in one place.
+(train/metrics.py ``LoopClock.report``) lives in one place.
 """
 
 from __future__ import annotations

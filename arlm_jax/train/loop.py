@@ -1,8 +1,9 @@
 """The training loop: open a run, run its steps, finish it. ``train(run)`` is ``arlm train``.
 
 Everything numeric lives in step.py (the jitted step) and optim.py; the run folder's files in
-run_dir.py. This file orders the side effects: data, steps, metrics fetched every
-``log_every`` steps, validation, checkpoints, resume, the final report and sample. A family
+run_dir.py; the metrics and wall-clock bookkeeping in metrics.py. This file orders the side
+effects: data, steps, metrics fetched every ``log_every`` steps, validation, checkpoints,
+resume, the final report and sample. A family
 with its own fitting step (``Family.fit``, e.g. n-gram counts) is fitted instead of trained,
 then evaluated, saved and sampled the same way.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -23,7 +23,6 @@ import tiktoken
 from jax.sharding import Mesh
 from orbax.checkpoint import multihost
 
-from arlm_jax.analysis.flops import flops_per_token, peak_flops
 from arlm_jax.analysis.memory import check_state_fits
 from arlm_jax.checkpoint import Checkpointer
 from arlm_jax.config import RunConfig, to_dict
@@ -38,15 +37,12 @@ from arlm_jax.parallel.hosts import global_batch, process_rows, to_host
 from arlm_jax.parallel.mesh import mesh_of
 from arlm_jax.train.evaluate import EvalSet
 from arlm_jax.train.lock import run_lock
+from arlm_jax.train.metrics import LoopClock, StepMetrics, TrainingDiverged  # noqa: F401 (TrainingDiverged: the CLI's)
 from arlm_jax.train.optim import make_optimizer
 from arlm_jax.train.run_dir import (abstract_state, append_jsonl, check_resumable, plot_losses,
                                     truncate_jsonl)
 from arlm_jax.train.step import (TrainState, init_sharded_state, make_eval_step, make_train_step)
 from arlm_jax.train.stop import Interrupted, StopRequests, stop_requests
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or gradient norm became NaN or infinite; earlier checkpoints are intact."""
 
 
 @dataclasses.dataclass
@@ -194,83 +190,6 @@ def _prepare_folder(run: RunConfig, start: int, lead: bool, say: Callable) -> Pa
     return metrics_path
 
 
-class _Metrics:
-    """Train metrics kept on the device and fetched in one transfer every few steps."""
-
-    def __init__(self, r: OpenRun):
-        self.r, self.pending, self.last_saved = r, [], r.start
-        cfg, seq = r.run.model, r.run.seq_len
-        self.fpt, (self.peak, _) = flops_per_token(cfg, seq), peak_flops(cfg.dtype)
-        self.tokens_per_step = r.run.train.batch_size * seq
-        self.clock = (time.perf_counter(), r.start)  # time and step of the last flush
-        self.bar = _progress(r.run.train.steps, r.start, r.run.train.progress)
-
-    def flush(self, *, all_steps: bool = True) -> None:
-        """Fetch pending metrics: NaN check, progress bar, JSONL. ``all_steps=False`` leaves the
-        newest step's metrics (its step may still be running) for the next flush, so the fetch
-        never waits for the device and the device never waits for the host."""
-        ready = self.pending if all_steps else self.pending[:-1]
-        if not ready:
-            return
-        rows = []
-        for s, m in jax.device_get(ready):
-            row = {"split": "train", "step": s, **{k: float(v) for k, v in m.items()}}
-            if not (math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])):
-                where = f"step {self.last_saved} in {self.r.ck.directory}" if self.last_saved else "none was saved yet"
-                raise TrainingDiverged(
-                    f"train: loss={row['loss']} grad_norm={row['grad_norm']} at step {s}; stopped. "
-                    f"The last good checkpoint is intact ({where}); lower train.lr or raise "
-                    f"train.warmup_steps")
-            rows.append(row)
-        del self.pending[:len(ready)]
-        now, last = time.perf_counter(), rows[-1]
-        tps = self.tokens_per_step * (last["step"] - self.clock[1]) / max(now - self.clock[0], 1e-9)
-        self.clock = (now, last["step"])
-        last |= {"tokens_per_s": tps, "mfu": self.fpt * tps / self.peak / self.r.mesh.devices.size,
-                 "elapsed_s": self.r.elapsed()}
-        self.r.log(rows)
-        self.bar.update(last["step"] - self.bar.n)
-        self.bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{tps:,.0f}",
-                             mfu=f"{100 * last['mfu']:.1f}%", refresh=False)
-        if self.bar.disable:
-            self.r.say(f"step {last['step']:>6}  loss {last['loss']:.4f}  {tps:,.0f} tok/s")
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
-                file=sys.stderr)
-
-
-class _Clock:
-    """Where the stepping phase's wall clock goes: the first step (compilation), the rest, and
-    the time spent inside it on validation and on queuing checkpoints."""
-
-    def __init__(self):
-        self.t0 = time.perf_counter()
-        self.first = self.start = None  # after the first step: its seconds, and the time then
-        self.eval = self.ckpt = 0.0
-
-    def timed(self, what: str, fn: Callable, *args):
-        t = time.perf_counter()
-        out = fn(*args)
-        setattr(self, what, getattr(self, what) + time.perf_counter() - t)
-        return out
-
-    def first_done(self, metrics: dict) -> None:
-        jax.block_until_ready(metrics)  # once: compile time apart from the steady rate
-        self.start = time.perf_counter()
-        self.first = self.start - self.t0
-
-    def report(self, steps: int, tokens_per_step: int) -> str:
-        if self.start is None or steps < 1:
-            return ""
-        secs = max(time.perf_counter() - self.start, 1e-9)
-        return (f"loop: {steps} steps in {secs:.1f}s after a first step of {self.first:.1f}s "
-                f"(compilation): {tokens_per_step * steps / secs:,.0f} tok/s, of which validation "
-                f"{self.eval:.1f}s and checkpoint queuing {self.ckpt:.1f}s")
-
-
 def run_steps(r: OpenRun) -> TrainState:
     """Step from ``r.start`` to ``train.steps``: validation every ``eval_every`` steps and a
     checkpoint every ``ckpt_every`` (and at the end). On SIGTERM or SIGINT (``r.stop``, checked
@@ -282,7 +201,7 @@ def run_steps(r: OpenRun) -> TrainState:
     device until ``log_every``, and checkpoints are written in the background (checkpoint.py)."""
     tc, seq, state, step = r.run.train, r.run.seq_len, r.state, r.start
     rows = process_rows(tc.batch_size, r.mesh)
-    metrics, clock = _Metrics(r), _Clock()
+    metrics, clock = StepMetrics(r), LoopClock()
 
     def batch_at(i: int) -> dict:
         local = data_lib.get_batch(r.data.train, tc.batch_size, seq, tc.seed, i, rows=rows)
