@@ -278,6 +278,7 @@ def _corrupt(directory: Path, step: int, err: Exception) -> CorruptCheckpoint:
 
 
 def _save_failed(directory: Path, step: int | None, err: Exception) -> CheckpointError:
-    return CheckpointSaveError(f"checkpoint: saving step {step} in {str(directory)!r} failed ({_reason(err)}); "
+    what = "a checkpoint" if step is None else f"step {step}"
+    return CheckpointSaveError(f"checkpoint: saving {what} in {str(directory)!r} failed ({_reason(err)}); "
                            f"the earlier checkpoints are intact; free space or choose another train.out_dir, "
                            f"then --resume")

@@ -317,7 +317,7 @@ def _enospc(*a, **k):
     raise OSError(28, "No space left on device")
 
 
-@pytest.mark.parametrize("where", ["checkpoint", "metrics", "device-memory"])
+@pytest.mark.parametrize("where", ["checkpoint", "async-checkpoint", "metrics", "device-memory"])
 def test_resource_failures_are_one_line_and_keep_the_earlier_checkpoints(world, tmp_path, where, monkeypatch,
                                                                          capsys):
     from arlm_jax import checkpoint
@@ -333,6 +333,10 @@ def test_resource_failures_are_one_line_and_keep_the_earlier_checkpoints(world, 
         monkeypatch.setattr(checkpoint.ocp.CheckpointManager, "save",
                             after(1, checkpoint.ocp.CheckpointManager.save, _enospc))
         needle = "checkpoint: saving step 20 in"
+    elif where == "async-checkpoint":  # the background write fails; it surfaces at the next wait
+        monkeypatch.setattr(checkpoint.ocp.CheckpointManager, "wait_until_finished",
+                            after(2, checkpoint.ocp.CheckpointManager.wait_until_finished, _enospc))
+        needle = "checkpoint: saving step 10 in"
     elif where == "metrics":
         monkeypatch.setattr(loop, "append_jsonl", after(15, loop.append_jsonl, _enospc))
         needle = "metrics: cannot append to"
@@ -350,6 +354,7 @@ def test_resource_failures_are_one_line_and_keep_the_earlier_checkpoints(world, 
     assert rc == 1 and err.count("\n") == 1 and err.startswith("arlm: error: ") and needle in err, err
     assert "No space left on device" in err or where == "device-memory"
     assert (run / "checkpoints" / "10").is_dir()
+    monkeypatch.undo()
     from arlm_jax.train.run_dir import load_run
     assert load_run(run, 10)[2]["step"] == 10  # intact
 
