@@ -3,9 +3,8 @@
 Everything numeric lives in step.py (the jitted step) and optim.py; the run folder's files in
 run_dir.py; the metrics and wall-clock bookkeeping in metrics.py. This file orders the side
 effects: data, steps, metrics fetched every ``log_every`` steps, validation, checkpoints,
-resume, the final report and sample. A family
-with its own fitting step (``Family.fit``, e.g. n-gram counts) is fitted instead of trained,
-then evaluated, saved and sampled the same way.
+resume, the final report and sample. A family with its own fitting step (``Family.fit``, e.g.
+n-gram counts) is fitted instead of trained, then evaluated, saved and sampled the same way.
 """
 
 from __future__ import annotations
