@@ -19,7 +19,6 @@ between orbax's commit and the hash) restores unchecked.
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from arlm_jax.errors import ConfigError, ResourceError
-from arlm_jax.files import atomic_write_text
+from arlm_jax.files import atomic_write_text, sha256_of
 
 # orbax logs every save and restore through absl; our own progress output says enough.
 logging.getLogger("absl").setLevel(logging.ERROR)
@@ -57,11 +56,7 @@ def _digests(folder: Path) -> dict[str, str]:
     out = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name != MANIFEST:
-            h = hashlib.sha256()
-            with open(path, "rb") as fh:
-                while chunk := fh.read(1 << 22):
-                    h.update(chunk)
-            out[str(path.relative_to(folder))] = h.hexdigest()
+            out[str(path.relative_to(folder))] = sha256_of(path)
     return out
 
 

@@ -1,4 +1,5 @@
-"""Writing a file all at once: every file arlm_jax rewrites in place goes through here.
+"""Writing a file all at once (every file arlm_jax rewrites in place goes through here), and
+the checksum of a file.
 
 ``atomic_write`` writes a temporary file beside the target, flushes it to disk and renames it
 over the target, so a kill, a full disk or any failure leaves either the old file or the new
@@ -9,6 +10,7 @@ writer without touching a live one's.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -39,6 +41,15 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], T]) -> T:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def sha256_of(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _alive(pid: int) -> bool:
