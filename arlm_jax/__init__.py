@@ -16,7 +16,7 @@ from typing import Any as _Any
 
 from arlm_jax.errors import ConfigError
 from arlm_jax.config import DataConfig, MeshConfig, RunConfig, TrainConfig, model_preset
-from arlm_jax.models import Family, families, family_of, get_family, register
+from arlm_jax.models import Family, Fitted, families, family_of, get_family, register
 from arlm_jax.models.transformer.config import TransformerConfig
 from arlm_jax.models.transformer.cache import KVCache, init_cache
 from arlm_jax.loss import bits_per_byte, cross_entropy, loss_fn, perplexity
@@ -44,10 +44,16 @@ def forward(params, tokens, cfg: _Any, state=None, **kwargs):
     return family_of(cfg).forward(params, tokens, cfg, state, **kwargs)
 
 
+def fit(cfg: _Any, tokens, train_cfg: _Any = None) -> Fitted:
+    """The params of a family that is fitted rather than trained (``Family.fit``: n-gram
+    counts) from training tokens int [L]: a ``Fitted`` (params, fitted config, note)."""
+    return family_of(cfg).require("fit", "arlm_jax.fit")(cfg, tokens, train_cfg)
+
+
 __all__ = [
     "ConfigError", "DataConfig", "MeshConfig", "ModelConfig", "RunConfig", "TrainConfig", "TransformerConfig",
-    "model_preset", "Family", "families", "family_of", "get_family", "register",
-    "init", "forward", "param_count", "flops_per_token",
+    "model_preset", "Family", "Fitted", "families", "family_of", "get_family", "register",
+    "init", "forward", "fit", "param_count", "flops_per_token",
     "cross_entropy", "loss_fn", "perplexity", "bits_per_byte",
     "KVCache", "init_cache", "Sampler", "Generation", "generate", "pad_prompts", "stream",
     "BeamResult", "beam_search", "SpecResult", "speculative_generate",

@@ -410,7 +410,7 @@ def _register(family: A.Family) -> A.Family:
 FIT_CALLS: list[tuple] = []
 
 
-def _fit_counts(cfg, tokens, train_cfg) -> dict:
+def _fit_counts(cfg, tokens, train_cfg) -> A.Fitted:
     """Add-one bigram counts as bigram params: with decay 0 and d_model = vocab_size, embed = I
     makes the state the one-hot of the last token, and out = log P(next | last)."""
     tokens = np.asarray(tokens, np.int64)
@@ -419,7 +419,7 @@ def _fit_counts(cfg, tokens, train_cfg) -> dict:
     params = {"embed": jnp.eye(cfg.vocab_size, dtype=jnp.float32),
               "out": jnp.asarray(np.log(counts / counts.sum(1, keepdims=True)), jnp.float32)}
     FIT_CALLS.append((cfg, train_cfg, params))  # the test checks what train() passed
-    return params
+    return A.Fitted(params=params, cfg=cfg, note="add-one bigram counts")
 
 
 COUNTED = _register(dataclasses.replace(A.get_family("bigram"), name="bigram-counted", fit=_fit_counts))

@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding
 
 from arlm_jax.analysis.memory import tree_bytes_per_device
 from arlm_jax.config import RunConfig
+from arlm_jax.errors import ConfigError
 from arlm_jax.decode.generate import decode_step, prefill
 from arlm_jax.models import family_of
 from arlm_jax.parallel.mesh import ShardingError, make_mesh
@@ -113,6 +114,9 @@ def plan(run: RunConfig, devices: list[jax.Device], *, decode_batch: int = 1,
     run.validate()
     mc, cfg = run.mesh, run.model
     fam = family_of(cfg)
+    if fam.fit is not None:
+        raise ConfigError(f"plan: model.family={cfg.family!r} is fitted (counted), not trained by a step this "
+                          f"plans; its tables' sizes come from the corpus: arlm train prints them")
     mesh = make_mesh(mc.data, mc.fsdp, mc.tensor, devices)
     ctx = fam.context_len(cfg)
     decode_len = decode_len or ctx or run.seq_len

@@ -40,10 +40,12 @@ Optional operations (None when a family lacks them; the callers say so in one li
     max_rollback(cfg) -> int | None                         the most tokens one rollback may
                                                            remove (None: any; a recurrent
                                                            state keeps only its last few)
-    fit(cfg, tokens, train_cfg) -> params                   a fitting step for a family that is
+    fit(cfg, tokens, train_cfg) -> Fitted                   a fitting step for a family that is
                                                            not trained by gradient descent
                                                            (n-gram counts) from the training
-                                                           tokens; None: optax training
+                                                           tokens (int [L]): its params, and its
+                                                           config with whatever the fit decided
+                                                           (table sizes); None: optax training
     unrolled(cfg, n) -> cfg, depth(cfg, seq_len) -> int     for ``arlm plan``: XLA counts a
                                                            loop body's FLOPs once (the
                                                            Transformer's layer scan, a
@@ -110,6 +112,16 @@ class Family:
             raise ConfigError(f"{needed_by} needs the operation {op!r}, which model.family="
                               f"{self.name!r} lacks (it has: {', '.join(have) or 'none of the optional ones'})")
         return fn
+
+
+@dataclasses.dataclass(frozen=True)
+class Fitted:
+    """What ``Family.fit`` returns: the params, the config they belong to (a fit may set
+    fields, such as the n-gram family's table sizes) and a line for the user."""
+
+    params: Any
+    cfg: Any
+    note: str = ""
 
 
 _REGISTRY: dict[str, Family] = {}

@@ -61,7 +61,7 @@ class OpenRun:
     data: data_lib.TokenData
     mesh: Mesh
     ck: Checkpointer
-    train_step: Callable
+    train_step: Callable | None  # None for a family that fits (its params are fitted by open_run)
     eval_step: Callable
     optimizer: Any
     state: TrainState
@@ -116,23 +116,31 @@ def open_run(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
     is reported and moved aside, never deleted (checkpoint.py)."""
     t0 = time.perf_counter()
     run.validate()
-    tc, cfg = run.train, run.model
     lead = jax.process_index() == 0
     out = out or sys.stdout
     say = (lambda msg: print(msg, file=out, flush=True)) if lead else (lambda msg: None)  # noqa: E731
     mesh = mesh_of(run.mesh)
-    optimizer = make_optimizer(tc, cfg)
-    # built first: they check the mesh against the model's shapes and the batch size
-    train_step = make_train_step(cfg, tc, optimizer, mesh=mesh)
-    eval_step = make_eval_step(cfg, mesh=mesh)
     enc = enc or load_tokenizer(run.data.tokenizer)
     tok_id = tokenizer_identity(enc)
-    data = _load_data(run, enc, say)
+    fit = family_of(run.model).fit
+    fitted = None
+    if fit is None:
+        optimizer = make_optimizer(run.train, run.model)
+        # built first: they check the mesh against the model's shapes and the batch size
+        train_step = make_train_step(run.model, run.train, optimizer, mesh=mesh)
+        eval_step = make_eval_step(run.model, mesh=mesh)
+        data = _load_data(run, enc, say)
+    else:  # the fit sets the table sizes, so the steps are built from the fitted config
+        data = _load_data(run, enc, say)
+        run, fitted = _fit(run, fit, data, say)
+        optimizer, train_step = make_optimizer(run.train, run.model), None
+        eval_step = make_eval_step(run.model, mesh=mesh)
+    tc = run.train
 
     run_dir = Path(tc.out_dir)
     ck = Checkpointer(run_dir, tc.keep_checkpoints)
     try:
-        state = _restore_or_init(run, ck, mesh, optimizer, tok_id, say, resume, resume_step)
+        state = _restore_or_init(run, ck, mesh, optimizer, tok_id, say, resume, resume_step, fitted)
         start = int(state.step)
         metrics_path = _prepare_folder(run, start, lead, say)
         val = EvalSet.build(data.val, tc.batch_size, run.seq_len, tc.eval_batches, data.bytes_per_token, mesh)
@@ -149,10 +157,22 @@ def open_run(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
                    stop=stop or StopRequests(), t0=t0)
 
 
+def _fit(run: RunConfig, fit: Callable, data: data_lib.TokenData, say: Callable) -> tuple[RunConfig, Any]:
+    """The family's own fitting step on the training tokens: (the run with the fitted model
+    config, the fitted params). Deterministic, so a resumed run refits to the same tables."""
+    t0 = time.perf_counter()
+    fitted = fit(run.model, data.train, run.train)
+    if fitted.note:
+        say(f"fit: {fitted.note}")
+    say(f"fitted {run.model.family} on {len(data.train):,} tokens in {time.perf_counter() - t0:.1f}s")
+    return dataclasses.replace(run, model=fitted.cfg).validate(), fitted.params
+
+
 def _restore_or_init(run: RunConfig, ck: Checkpointer, mesh: Mesh, optimizer: Any, tok_id: str,
-                     say: Callable, resume: bool, resume_step: int | None) -> TrainState:
-    """The newest intact checkpoint's state (or ``resume_step``'s) when resuming, else a new one;
-    the state is checked to fit in device memory before anything is allocated."""
+                     say: Callable, resume: bool, resume_step: int | None, fitted: Any = None) -> TrainState:
+    """The newest intact checkpoint's state (or ``resume_step``'s) when resuming, else a new one
+    (of the ``fitted`` params, for a family that fits); the state is checked to fit in device
+    memory before anything is allocated."""
     tc = run.train
     latest = ck.latest_step()
     if latest is not None and not resume:
@@ -165,6 +185,9 @@ def _restore_or_init(run: RunConfig, ck: Checkpointer, mesh: Mesh, optimizer: An
     if latest is None:
         if resume:
             say(f"--resume: no checkpoint in {ck.directory}; starting at step 0")
+        if fitted is not None:
+            params = jax.device_put(fitted, jax.tree.map(lambda a: a.sharding, abstract.params))
+            return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
         return init_sharded_state(jax.random.key(tc.seed), run.model, optimizer, mesh)
 
     def check(saved: dict) -> None:
@@ -249,17 +272,13 @@ def run_steps(r: OpenRun) -> TrainState:
     return state
 
 
-def run_fit(r: OpenRun, fit: Callable) -> TrainState:
-    """A family's own fitting step (``Family.fit``) in place of the steps; saved as the final
-    step, with the optimizer state a fresh one so the checkpoint has the usual tree."""
+def run_fit(r: OpenRun) -> TrainState:
+    """For a family with its own fitting step (``Family.fit``, run by ``open_run``): its params
+    saved as the final step, in place of the optimizer's steps."""
     tc = r.run.train
     if r.start >= tc.steps:
         return r.state
-    t0 = time.perf_counter()
-    params = fit(r.run.model, r.data.train, tc)
-    state = TrainState(step=jnp.asarray(tc.steps, jnp.int32), params=params,
-                       opt_state=r.optimizer.init(params))
-    r.say(f"fitted {r.run.model.family} on {len(r.data.train):,} tokens in {time.perf_counter() - t0:.1f}s")
+    state = r.state.replace(step=jnp.asarray(tc.steps, jnp.int32))
     r.ck.save(tc.steps, state, r.meta(tc.steps))
     return state
 
@@ -316,8 +335,7 @@ def train(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
         r = open_run(run, resume=resume or resume_step is not None, out=out, enc=enc, stop=stop,
                      resume_step=resume_step)
         try:
-            fit = family_of(run.model).fit
-            state = run_steps(r) if fit is None else run_fit(r, fit)
+            state = run_steps(r) if r.train_step is not None else run_fit(r)
             return finish(r, state)
         finally:
             r.ck.close(quiet=True)  # on every path: no orbax thread outlives the run

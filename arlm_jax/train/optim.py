@@ -103,7 +103,9 @@ def make_optimizer(tc: TrainConfig, cfg: Any) -> optax.GradientTransformation:
     clipping of all the gradients together (``grad_clip`` 0 disables clipping).
 
     ``cfg`` is the model's config: its family's ``param_axes`` give the decay mask and the
-    Muon routing."""
+    Muon routing. A family that fits its params (``Family.fit``) has no optimizer: identity."""
+    if family_of(cfg).fit is not None:
+        return optax.identity()
     if tc.optimizer == "muon":
         tx = _muon_and_adamw(tc, cfg)
     else:

@@ -175,7 +175,7 @@ def _check_config_json(path: Path, run: RunConfig) -> None:
     except (ValueError, AttributeError):
         raise CheckpointError(f"checkpoint: {str(path)!r} is not a JSON object; the checkpoint's own config "
                               f"is authoritative: delete or restore config.json") from None
-    ours = _flatten(to_dict(run))
+    ours = _flatten(json.loads(json.dumps(to_dict(run))))  # as written: tuples are lists
     for name in sorted(set(written) | set(ours)):
         if name not in RESUMABLE_CHANGES and name in written and written[name] != ours.get(name):
             raise CheckpointError(f"checkpoint: {str(path)!r} says {name}={written[name]!r} but the checkpoint "
