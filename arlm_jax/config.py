@@ -199,8 +199,12 @@ class RunConfig:
 
 
 def to_dict(cfg: Any) -> dict:
-    """A JSON-ready nested dict of a config dataclass."""
-    return dataclasses.asdict(cfg)
+    """A JSON-ready nested dict of a config dataclass (tuples as lists, as JSON reads them back)."""
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return [plain(v) for v in x] if isinstance(x, list | tuple) else x
+    return plain(dataclasses.asdict(cfg))
 
 
 def _from_dict_of(cls: type, data: dict, prefix: str) -> Any:

@@ -43,7 +43,10 @@ from test_train import _tc, corpus  # noqa: F401  (corpus is a fixture)
 class Case:
     name: str
     config: Callable[[], Any]  # -> a validated model config
-    params: Callable[[Any, int], Any]  # (config, seed) -> random parameters with non-flat logits
+    params: Callable[[Any, int], Any] | None = None  # (config, seed) -> random params, non-flat logits
+    # for a family fitted to data: (config, seed) -> (fitted config, params), fitted to a corpus
+    # drawn with that seed
+    fitted: Callable[[Any, int], tuple[Any, Any]] | None = None
 
 
 def _transformer_params(cfg, seed):
@@ -60,6 +63,17 @@ def _recurrent_params(cfg, seed):  # a larger embedding (and head) than the init
     return {**params, **big}
 
 
+def _ngram_fitted(cfg, seed):
+    """Fitted to 3,000 tokens of a random Markov chain (peaked transitions: non-flat logits)."""
+    rng = np.random.default_rng(seed)
+    trans = rng.dirichlet(np.full(cfg.vocab_size, 0.2), size=cfg.vocab_size)
+    toks = [0]
+    for u in rng.random(3000):
+        toks.append(min(int(np.searchsorted(np.cumsum(trans[toks[-1]]), u)), cfg.vocab_size - 1))
+    fitted = A.fit(cfg, np.asarray(toks))
+    return fitted.cfg, fitted.params
+
+
 def _recurrent(family: str, **kw):
     return lambda: dataclasses.replace(A.model_preset("tiny", family), **kw).validate()
 
@@ -73,6 +87,7 @@ CASES = [
     Case("rnn", _recurrent("rnn"), _recurrent_params),
     Case("lstm-untied", _recurrent("lstm", tie_embeddings=False, n_layers=3, d_hidden=48, history=4),
          _recurrent_params),
+    Case("ngram", lambda: A.model_preset("tiny", "ngram"), fitted=_ngram_fitted),
 ]
 BY_NAME = {c.name: c for c in CASES}
 
@@ -95,9 +110,19 @@ def _model(case: Case, seed: int = 0, **overrides) -> tuple[Any, Any]:
     """The case's config (with ``overrides`` of fields every family's config has: vocab_size,
     dtype) and its random parameters for ``seed``."""
     cfg = case.config()
+    dtype = overrides.pop("dtype", None)
     if overrides:
         cfg = dataclasses.replace(cfg, **overrides).validate()
-    return cfg, _params(case, cfg, seed)
+    if case.fitted is not None:
+        cfg, params = _fit(case, cfg, seed)
+    else:
+        params = _params(case, cfg, seed)
+    return (cfg if dtype is None else dataclasses.replace(cfg, dtype=dtype).validate()), params
+
+
+@functools.cache
+def _fit(case: Case, cfg, seed: int):
+    return case.fitted(cfg, seed)
 
 
 @functools.cache
@@ -128,6 +153,12 @@ def _needs(op: str, *cfgs) -> None:
     for cfg in cfgs:
         if getattr(A.family_of(cfg), op) is None:
             pytest.skip(f"model.family={cfg.family!r} has no {op!r}")
+
+
+def _needs_steps(cfg) -> None:
+    """Skip the test for a family fitted by ``Family.fit`` rather than trained by steps."""
+    if A.family_of(cfg).fit is not None:
+        pytest.skip(f"model.family={cfg.family!r} is fitted, not trained by steps")
 
 
 def _greedy(params, cfg):
@@ -243,9 +274,12 @@ def test_beam_search_width_one_is_greedy(case):
 
 
 # (target, draft): each family drafting for itself (other weights), and across families: bigram,
-# LSTM and GRU drafts for a Transformer target, a Transformer draft for an LSTM target.
+# LSTM and GRU drafts for a Transformer target, a Transformer draft for an LSTM target, and an
+# n-gram draft for a Transformer, an LSTM and a GRU.
 CROSS_PAIRS = [(BY_NAME[t], BY_NAME[d]) for t, d in (("transformer-rope", "bigram"), ("transformer-rope", "lstm"),
-                                                     ("transformer-learned", "gru"), ("lstm", "transformer-rope"))]
+                                                     ("transformer-learned", "gru"), ("lstm", "transformer-rope"),
+                                                     ("transformer-rope", "ngram"), ("lstm", "ngram"),
+                                                     ("gru", "ngram"))]
 DRAFT_PAIRS = [(c, c) for c in FAMILY_CASES] + CROSS_PAIRS
 
 
@@ -263,10 +297,11 @@ def test_greedy_speculative_equals_greedy_generate(target, draft):
     np.testing.assert_allclose(spec.out.logprobs, plain.logprobs, atol=1e-4)
 
 
-# Sampled: each family drafting for itself, and a recurrent draft for a Transformer target and
-# the other way round.
+# Sampled: each family drafting for itself, a recurrent draft for a Transformer target and the
+# other way round, and an n-gram draft for a Transformer.
 SAMPLED_PAIRS = [(c, c) for c in FAMILY_CASES] + [(BY_NAME["transformer-rope"], BY_NAME["lstm"]),
-                                                  (BY_NAME["gru"], BY_NAME["transformer-learned"])]
+                                                  (BY_NAME["gru"], BY_NAME["transformer-learned"]),
+                                                  (BY_NAME["transformer-rope"], BY_NAME["ngram"])]
 
 
 @pytest.mark.parametrize("target,draft", SAMPLED_PAIRS, ids=lambda c: c.name)
@@ -314,7 +349,9 @@ def _run(tmp_path, corpus, cfg, **train_kw) -> RunConfig:
 
 @per_family
 def test_resume_is_exact(case, tmp_path, corpus):
-    """2N steps in one run == N steps, resume from the checkpoint, N steps: bitwise."""
+    """2N steps in one run == N steps, resume from the checkpoint, N steps: bitwise. (A family
+    that fits has no steps to resume: its fit is deterministic, tested by its own tests.)"""
+    _needs_steps(case.config())
     run = _run(tmp_path / "a", corpus, case.config())
     straight = train(run, out=io.StringIO())
     b_dir = tmp_path / "b" / "run"  # the "crashed" run: the folder up to the step-4 checkpoint
@@ -371,9 +408,23 @@ MESH = (2, 2, 2)  # data x fsdp x tensor: every tiny shape divides it
 @per_family
 def test_sharded_train_step_and_generate_equal_one_device(case):
     cfg, params = _model(case)
+    mesh = mesh_lib.make_mesh(*MESH)
+    axes = A.family_of(cfg).param_axes
+    if A.family_of(cfg).fit is None:  # a family that fits has no train step: generate only
+        _sharded_train_steps_equal_one_device(cfg, params, mesh)
+
+    toks, lens = _ragged()
+    sharded = jax.device_put(params, A.param_shardings(params, axes(params), mesh))
+    with jax.set_mesh(mesh):
+        out = A.generate(sharded, cfg, toks, jax.random.key(0), max_new_tokens=N_NEW, lengths=lens)
+    one = _greedy(params, cfg)
+    np.testing.assert_array_equal(out.tokens, one.tokens)
+    np.testing.assert_allclose(out.logprobs, one.logprobs, atol=1e-5)
+
+
+def _sharded_train_steps_equal_one_device(cfg, params, mesh):
     tc = _tc(batch_size=8)
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (8, 17)).astype(np.int32)
-    mesh = mesh_lib.make_mesh(*MESH)
     axes = A.family_of(cfg).param_axes
 
     def two_steps(step, state, batch):
@@ -391,14 +442,6 @@ def test_sharded_train_step_and_generate_equal_one_device(case):
     np.testing.assert_allclose(got_m["grad_norm"], ref_m["grad_norm"], rtol=2e-5)
     for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(ref.params)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-
-    toks, lens = _ragged()
-    sharded = jax.device_put(params, A.param_shardings(params, axes(params), mesh))
-    with jax.set_mesh(mesh):
-        out = A.generate(sharded, cfg, toks, jax.random.key(0), max_new_tokens=N_NEW, lengths=lens)
-    one = _greedy(params, cfg)
-    np.testing.assert_array_equal(out.tokens, one.tokens)
-    np.testing.assert_allclose(out.logprobs, one.logprobs, atol=1e-5)
 
 
 # ---- the optional operations: fit, and families that lack reorder / rollback ------------------

@@ -4,6 +4,7 @@
     arlm eval RUN_DIR [--step N] [--corpus SPEC] [--split val|train] [--batches N] [--json]
     arlm generate --checkpoint RUN_DIR --prompt TEXT [--temperature T --top-p P --beams W ...]
     arlm tokenizer train --vocab-size N [--corpus SPEC] [--pattern gpt2|cl100k] [--out FILE]
+    arlm arpa export RUN_DIR FILE | arlm arpa import FILE OUT_DIR [--tokenizer byte]
     arlm plan [--preset NAME] --devices N [--mesh.fsdp 8 --mesh.tensor 8 ...] [--json]
     arlm info [--preset NAME] [--config FILE] [--model.family NAME] [--model.* ...]
 
@@ -21,14 +22,14 @@ import sys
 import jsonargparse
 
 from arlm_jax.cli import eval as eval_command
-from arlm_jax.cli import generate, info, plan, tokenizer, train
+from arlm_jax.cli import arpa, generate, info, plan, tokenizer, train
 from arlm_jax.cli.errors import describe
 from arlm_jax.cli.options import Source, first_pass, new_parser, yaml_spelling
 from arlm_jax.errors import ConfigError, ResourceError
 from arlm_jax.train.stop import Interrupted
 
 # Each module: NAME, HELP, CONFIG_OPTIONS, add_parser(subcommands, source), run(args, source).
-COMMANDS = {m.NAME: m for m in (train, eval_command, generate, tokenizer, plan, info)}
+COMMANDS = {m.NAME: m for m in (train, eval_command, generate, tokenizer, arpa, plan, info)}
 
 
 def make_parser(source: Source) -> tuple[jsonargparse.ArgumentParser, dict]:

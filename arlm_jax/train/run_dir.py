@@ -58,7 +58,7 @@ def check_resumable(saved: dict, run: RunConfig, saved_tokenizer: str, tokenizer
         raise ConfigError(f"--resume: the checkpoint's config in {where} is not one this version "
                           f"reads ({err})") from err
     old, new = _flatten(saved), _flatten(to_dict(run))
-    for name in sorted(set(old) | set(new)):
+    for name in [*new, *(n for n in old if n not in new)]:  # in field order: what a user set comes first
         if name not in RESUMABLE_CHANGES and old.get(name) != new.get(name):
             raise ConfigError(f"--resume: {name}={new.get(name)!r} does not match the checkpoint's "
                               f"{old.get(name)!r} in {where}; use the same value or another train.out_dir")
@@ -175,7 +175,7 @@ def _check_config_json(path: Path, run: RunConfig) -> None:
     except (ValueError, AttributeError):
         raise CheckpointError(f"checkpoint: {str(path)!r} is not a JSON object; the checkpoint's own config "
                               f"is authoritative: delete or restore config.json") from None
-    ours = _flatten(json.loads(json.dumps(to_dict(run))))  # as written: tuples are lists
+    ours = _flatten(to_dict(run))
     for name in sorted(set(written) | set(ours)):
         if name not in RESUMABLE_CHANGES and name in written and written[name] != ours.get(name):
             raise CheckpointError(f"checkpoint: {str(path)!r} says {name}={written[name]!r} but the checkpoint "

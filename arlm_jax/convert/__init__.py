@@ -1,0 +1,1 @@
+"""Conversions between arlm_jax models and other formats: ARPA n-gram files (arpa.py)."""
