@@ -4,6 +4,7 @@
 
 Trains (or loads, from --models-dir) a ~10.7M-parameter Transformer target and two drafts of
 similar cost, a 0.43M-parameter Transformer and a 0.62M-parameter LSTM (cross-family drafting),
+and fits a third, a byte 5-gram with modified Kneser-Ney (``--drafts`` picks them),
 on the default corpus (the Python standard library, byte tokenizer) with
 ``arlm_jax.train.loop.train``, then times, in one run: plain ``generate`` of the target,
 ``speculative_generate`` with each draft for k in {2, 4, 8} (greedy, and temperature 0.8
@@ -28,6 +29,7 @@ logs go to stderr. No XLA flags are set.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -47,6 +49,7 @@ from results_io import write_result  # noqa: E402
 import jax  # noqa: E402
 
 from arlm_jax import ModelConfig, family_of
+from arlm_jax.models.ngram import NGramConfig
 from arlm_jax.models.rnn import RecurrentConfig
 from arlm_jax.config import RunConfig, TrainConfig, to_dict  # noqa: E402
 from arlm_jax.analysis.flops import param_count  # noqa: E402
@@ -70,9 +73,10 @@ MODELS = {
     "target": ModelConfig(n_layers=6, n_heads=6, d_model=384, max_len=256, pos="rope"),
     "draft": ModelConfig(n_layers=2, n_heads=4, d_model=128, max_len=256, pos="rope"),
     "draft-lstm": RecurrentConfig(family="lstm", n_layers=2, d_embed=128, d_hidden=256),
+    "draft-5gram": NGramConfig(order=5),  # fitted, not trained: its steps and batch only name the checkpoint
 }
-DRAFTS = ("draft", "draft-lstm")
-BATCH = {"target": 8, "draft": 16, "draft-lstm": 16}  # sequences of 256 bytes per step
+DRAFTS = ("draft", "draft-lstm", "draft-5gram")
+BATCH = {"target": 8, "draft": 16, "draft-lstm": 16, "draft-5gram": 16}  # sequences of 256 bytes per step
 # Real code in the corpus' style, not taken from it (the stdlib differs between Python versions).
 CODE_PROMPT = 'def read_lines(path):\n    with open(path, encoding="utf-8") as f:\n'
 REPEAT_PROMPT = ("        self.assertEqual(f(1), 1)\n        self.assertEqual(f(2), 4)\n"
@@ -93,7 +97,7 @@ def trained(run: RunConfig, retrain: bool) -> tuple[dict, dict]:
         shutil.rmtree(d, ignore_errors=True)
     if (d / "config.json").exists():
         saved, params, meta = load_run(d)
-        if saved != run or meta["step"] != run.train.steps:
+        if not _same_run(saved, run) or meta["step"] != run.train.steps:
             raise SystemExit(f"{d} holds another or unfinished run (step {meta['step']}); pass --retrain")
         return params, {**json.loads((d / "bench_train.json").read_text()), "loaded": True}
     t0 = time.perf_counter()
@@ -101,6 +105,13 @@ def trained(run: RunConfig, retrain: bool) -> tuple[dict, dict]:
     info = {"train_s": time.perf_counter() - t0, "val": res.val}
     (d / "bench_train.json").write_text(json.dumps(info) + "\n")
     return res.state.params, {**info, "loaded": False}
+
+
+def _same_run(saved: RunConfig, run: RunConfig) -> bool:
+    """``saved == run`` but for the fields a fit sets (an unfitted config leaves them empty)."""
+    fitted = {f.name: getattr(saved.model, f.name) for f in dataclasses.fields(run.model)
+              if getattr(run.model, f.name) == ()}
+    return saved == dataclasses.replace(run, model=dataclasses.replace(run.model, **fitted))
 
 
 def settle() -> None:
@@ -154,8 +165,10 @@ def main() -> None:
     ap.add_argument("--draft-steps", type=int, default=400)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per case (after one warm-up)")
+    ap.add_argument("--drafts", nargs="+", choices=DRAFTS, default=list(DRAFTS))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    drafts = tuple(args.drafts)
     t_start = time.perf_counter()
 
     models_dir = Path(args.models_dir)
@@ -167,7 +180,7 @@ def main() -> None:
         "batch": 1, "new_tokens": args.new_tokens, "repeats": args.repeats, "models": {},
     }
     params, cfgs = {}, {}
-    for name in MODELS:
+    for name in ("target", *drafts):
         steps = args.target_steps if name == "target" else args.draft_steps
         run = run_config(name, steps, models_dir)
         p, info = trained(run, args.retrain)
@@ -190,7 +203,7 @@ def main() -> None:
     for sname, sampler in SAMPLERS.items():
         plain = lambda s=sampler: generate(tp, tc, code, key, max_new_tokens=n, sampler=s)  # noqa: E731
         specs = {f"{d} {sname} k={k}": (lambda k=k, s=sampler, d=d: speculative_generate(
-            tp, tc, params[d], cfgs[d], code, key, k=k, max_new_tokens=n, sampler=s)) for d in DRAFTS for k in KS}
+            tp, tc, params[d], cfgs[d], code, key, k=k, max_new_tokens=n, sampler=s)) for d in drafts for k in KS}
         cases, ref = bench_group(plain, specs, args.repeats, sampler is None, n)
         result["plain_outputs"][f"code {sname}"] = decode(enc, ref)
         result["cases"] += [c | {"drafter": c["case"].split()[0], "sampler": sname, "prompt": "code"} for c in cases]
@@ -208,11 +221,11 @@ def main() -> None:
         if c["ratio"] > best.get(mode, {"ratio": 0})["ratio"]:
             best[mode] = {"k": c["k"], "ratio": c["ratio"]}
     result["best_k_by_mode"] = best
-    model_best = max((c for c in result["cases"] if c["drafter"] in DRAFTS), key=lambda c: c["ratio"])
+    model_best = max((c for c in result["cases"] if c["drafter"] in drafts), key=lambda c: c["ratio"])
     result["best_ratio_batch1"] = model_best["ratio"]
     result["best_case"] = model_best["case"]
     sampled = {d: max(c["ratio"] for c in result["cases"] if c["drafter"] == d and c["sampler"] != "greedy")
-               for d in DRAFTS}
+               for d in drafts}
     result["best_sampled_ratio_by_draft"] = sampled
     result["targets"] = {"best k ratio >= 1.8": model_best["ratio"] >= 1.8,
                          "sampled ratio >= 2 with either draft": max(sampled.values()) >= 2.0,

@@ -39,5 +39,8 @@ def run(args: jsonargparse.Namespace, source: Source) -> int:
         print(f"  device {d.id}: {d.device_kind} ({d.platform})")
     print(f"preset {cfg.preset}: {n:,} parameters ({n / 1e6:.1f}M); {family.describe(cfg.model)}")
     print(f"FLOPs per token at T={cfg.seq_len}: train {fpt:.4g}, forward {fpt / 3:.4g}")
-    print(f"float32 params + AdamW moments: {16 * n / 2**30:.2f} GiB")
+    if family.fit is None:
+        print(f"float32 params + AdamW moments: {16 * n / 2**30:.2f} GiB")
+    else:  # counted, not trained: its size is set by the corpus it is fitted to
+        print(f"fitted by counting (no optimizer state): {4 * n / 2**30:.2f} GiB of tables at these sizes")
     return 0
