@@ -8,7 +8,6 @@ N-1; the ``history`` beyond them are what a rollback (speculative decoding) retu
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import flax.struct
 import jax
@@ -43,11 +42,9 @@ def fit_tables(cfg: NGramConfig, tokens: np.ndarray, dtype=np.float32) -> tuple[
 def fit(cfg: NGramConfig, tokens: np.ndarray, train_cfg=None) -> Fitted:
     """``Family.fit``: the smoothed model of the training tokens (train_cfg is not needed)."""
     del train_cfg
-    t0 = time.perf_counter()
     params, fitted, est = fit_tables(cfg, tokens)
     d = ", ".join(f"{n}: {' '.join(f'{x:.3f}' for x in row)}" for n, row in enumerate(est.discounts, start=1))
-    note = (f"{cfg.order}-gram ({cfg.smoothing}) counted in {time.perf_counter() - t0:.1f}s: "
-            f"{', '.join(f'{s:,}' for s in fitted.sizes)} distinct n-grams of orders 1..{cfg.order}"
+    note = (f"{cfg.order}-gram ({cfg.smoothing}): {', '.join(f'{s:,}' for s in fitted.sizes)} distinct n-grams of orders 1..{cfg.order}"
             + (f"; discounts D1 D2 D3+ by order {d}" if cfg.interpolated else ""))
     return Fitted(params=jax.tree.map(jnp.asarray, params), cfg=fitted, note=note)
 
