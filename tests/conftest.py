@@ -34,3 +34,13 @@ def randomise(params, seed=1, scale=0.1):
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop jax's compiled programs after each test file. Every XLA:CPU executable holds a few
+    memory maps of JIT code for as long as jax caches it, and one xdist worker runs half the
+    suite: test_contract.py alone leaves ~30,000 maps, and past the kernel's vm.max_map_count
+    (65,530) the next compile segfaults inside LLVM."""
+    yield
+    jax.clear_caches()
