@@ -39,6 +39,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,8 +91,9 @@ def run_config(name: str, steps: int, models_dir: Path) -> RunConfig:
     return RunConfig(preset="custom", model=MODELS[name], train=tc).validate()
 
 
-def trained(run: RunConfig, retrain: bool) -> tuple[dict, dict]:
-    """(params, info) of ``run``: loaded from its out_dir when it finished there, else trained."""
+def trained(run: RunConfig, retrain: bool) -> tuple[dict, Any, dict]:
+    """(params, model config, info) of ``run``: loaded from its out_dir when it finished there,
+    else trained. The config is the one trained (for the 5-gram, with its fitted table sizes)."""
     d = Path(run.train.out_dir)
     if retrain:
         shutil.rmtree(d, ignore_errors=True)
@@ -99,12 +101,12 @@ def trained(run: RunConfig, retrain: bool) -> tuple[dict, dict]:
         saved, params, meta = load_run(d)
         if not _same_run(saved, run) or meta["step"] != run.train.steps:
             raise SystemExit(f"{d} holds another or unfinished run (step {meta['step']}); pass --retrain")
-        return params, {**json.loads((d / "bench_train.json").read_text()), "loaded": True}
+        return params, saved.model, {**json.loads((d / "bench_train.json").read_text()), "loaded": True}
     t0 = time.perf_counter()
     res = train(run, out=sys.stderr)
     info = {"train_s": time.perf_counter() - t0, "val": res.val}
     (d / "bench_train.json").write_text(json.dumps(info) + "\n")
-    return res.state.params, {**info, "loaded": False}
+    return res.state.params, res.run.model, {**info, "loaded": False}
 
 
 def _same_run(saved: RunConfig, run: RunConfig) -> bool:
@@ -183,10 +185,10 @@ def main() -> None:
     for name in ("target", *drafts):
         steps = args.target_steps if name == "target" else args.draft_steps
         run = run_config(name, steps, models_dir)
-        p, info = trained(run, args.retrain)
-        params[name], cfgs[name] = jax.jit(family_of(run.model).decode_params, static_argnums=1)(p, run.model), run.model
+        p, cfg, info = trained(run, args.retrain)
+        params[name], cfgs[name] = jax.jit(family_of(cfg).decode_params, static_argnums=1)(p, cfg), cfg
         result["models"][name] = {
-            "config": to_dict(run.model), "params": param_count(p), "train_steps": steps,
+            "config": to_dict(cfg), "params": param_count(p), "train_steps": steps,
             "batch_size": run.train.batch_size, "seq_len": run.seq_len, "lr": run.train.lr,
             "train_s": info["train_s"], "loaded_from_cache": info["loaded"],
             "val_loss": info["val"]["loss"], "val_bpb": info["val"]["bpb"],

@@ -5,6 +5,7 @@ ARPA in and out (and KenLM reading ours), fitting through ``arlm train``. The fa
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from collections import Counter
 
@@ -147,6 +148,37 @@ def test_an_unfitted_model_is_uniform():
     params = A.init(jax.random.key(0), cfg)
     logits, _ = A.forward(params, jnp.asarray([[1, 2, 3, 4]]), cfg)
     np.testing.assert_allclose(np.asarray(logits), -np.log(cfg.vocab_size), rtol=1e-6)
+
+
+def test_fitted_tables_with_the_unfitted_config_are_refused():
+    """The query reads cfg.fanouts words per context: the unfitted config's (1, ...) would
+    silently read one word of each (a bench once decoded a 5-gram draft that way)."""
+    cfg = NGramConfig(vocab_size=V, order=3).validate()
+    fitted = A.fit(cfg, TOKENS)
+    ctx = jnp.asarray([TOKENS[:6]])
+    for call in (lambda c: A.forward(fitted.params, ctx, c),
+                 lambda c: A.generate(fitted.params, c, ctx, jax.random.key(0), max_new_tokens=2)):
+        call(fitted.cfg)
+        with pytest.raises(ConfigError, match=r"model.sizes=\[\] does not match the parameter tables") as err:
+            call(cfg)
+        assert "\n" not in str(err.value)
+
+
+def test_train_returns_the_fitted_config(tmp_path):
+    from arlm_jax.config import DataConfig, MeshConfig, RunConfig, TrainConfig
+    from arlm_jax.train.loop import train
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "m.py").write_text("".join(f"def f{j}(x):\n    return x + {j}\n" for j in range(200)))
+    run = RunConfig(preset="custom", model=NGramConfig(order=3),
+                    train=TrainConfig(batch_size=4, seq_len=16, eval_batches=1, progress=False, sample_tokens=0,
+                                      out_dir=str(tmp_path / "run")),
+                    data=DataConfig(corpus=str(tmp_path / "corpus"), cache_dir=str(tmp_path / "cache")),
+                    mesh=MeshConfig(devices=1)).validate()
+    res = train(run, out=io.StringIO())
+    assert res.run.model == dataclasses.replace(run.model, sizes=res.run.model.sizes, fanouts=res.run.model.fanouts)
+    assert len(res.run.model.sizes) == 3 and res.run.model.sizes[1] > 1
+    logits, _ = A.forward(res.state.params, jnp.asarray([[100, 101, 102]]), res.run.model)
+    np.testing.assert_allclose(np.exp(np.asarray(logits, np.float64)).sum(-1), 1.0, atol=1e-5)
 
 
 def test_bad_sizes_are_one_line():

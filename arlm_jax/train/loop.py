@@ -50,6 +50,7 @@ class TrainResult:
     val: dict  # loss (mean NLL), ppl, bpb, accuracy of the final validation
     sample: str  # the sample printed at the end ("" when sample_tokens is 0)
     start_step: int  # 0, or the step a --resume continued from
+    run: RunConfig  # the run as trained: for a family that fits, its model config holds the fitted sizes
 
 
 @dataclasses.dataclass
@@ -312,7 +313,7 @@ def finish(r: OpenRun, state: TrainState) -> TrainResult:
         sample = tc.sample_prompt + decode(r.enc, tokens[:length].tolist())
         how = "greedy" if greedy else f"temperature {tc.sample_temperature:g}, top-p {tc.sample_top_p:g}"
         r.say(f"sample ({how}):\n{sample}")
-    return TrainResult(state=state, val=final, sample=sample, start_step=r.start)
+    return TrainResult(state=state, val=final, sample=sample, start_step=r.start, run=r.run)
 
 
 def train(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,

@@ -24,6 +24,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from arlm_jax.errors import ConfigError
 from arlm_jax.models.ngram.config import NGramConfig
 
 Array = jax.Array
@@ -62,9 +63,20 @@ def walk(params: dict, ctx: Array, vocab: int) -> tuple[list[Array], list[Array]
     return nodes, found
 
 
+def check_tables(params: dict, cfg: NGramConfig) -> None:
+    """Refuse tables whose sizes are not the config's: the query reads ``cfg.fanouts`` words
+    after each context, so an unfitted config with fitted tables would silently read too few."""
+    have = tuple(int(o["alpha"].shape[0]) for o in params["orders"])
+    if have != cfg.table_sizes():
+        raise ConfigError(f"model.sizes={list(cfg.sizes)} does not match the parameter tables (n-grams of "
+                          f"orders 1..{len(have)}: {list(have)}); decode with the config the fit returned "
+                          f"(Fitted.cfg, TrainResult.run.model, or load_run's), not the unfitted one")
+
+
 def query(params: dict, cfg: NGramConfig, ctx: Array, ctx_len: Array) -> Array:
     """Logits (natural-log probabilities) [Q, V] after each context (see the module docstring).
     Computed in cfg.dtype (float64 when the tables are float64, under jax_enable_x64)."""
+    check_tables(params, cfg)
     n_max, vocab, q = cfg.order, cfg.vocab_size, ctx.shape[0]
     alpha1 = params["orders"][0]["alpha"]
     dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else alpha1.dtype
