@@ -14,8 +14,10 @@ folder with the same configuration is loaded instead of retrained (--retrain for
 
 Every model is put in its decode layout once before timing (``Family.decode_params``). Each case is
 compiled by one untimed call; timed calls interleave plain and speculative runs with a 0.3 s
-pause before each (as bench_decode did before it ran each side in its own process), same key
-every repeat; figures are medians. Greedy speculative tokens are compared with greedy plain
+pause before each (as bench_decode did before it ran each side in its own process); repeat r
+uses key r + 1 on both sides, so a sampled case's median is over that many different samples
+and its acceptance their mean (one 128-token sample moved the ratio by +-0.2); figures are
+medians. Greedy speculative tokens are compared with greedy plain
 tokens; the JSON keeps the plain outputs as text
 (a briefly trained target's greedy text is mostly whitespace runs, which any drafter predicts).
 
@@ -121,38 +123,44 @@ def settle() -> None:
     time.sleep(SETTLE_S)
 
 
-def timed(fn) -> tuple[float, object]:
+def timed(fn, key) -> tuple[float, object]:
     settle()
     t0 = time.perf_counter()
-    out = jax.block_until_ready(fn())
+    out = jax.block_until_ready(fn(key))
     return time.perf_counter() - t0, out
 
 
 def bench_group(plain, specs: dict, repeats: int, greedy: bool, n_tokens: int) -> tuple[list[dict], list]:
-    """Time ``plain`` and each of ``specs`` (name -> callable) interleaved.
-    -> (one case per spec, the plain call's tokens of row 0)."""
-    ref = plain()  # compiles
+    """Time ``plain`` and each of ``specs`` (name -> callable of a key) interleaved, repeat r
+    with key r + 1 for every side: a sampled case is ``repeats`` different samples, so its
+    ratio and acceptance are not those of one 128-token draw.
+    -> (one case per spec, the plain call's tokens of row 0 with key 0)."""
+    ref = plain(jax.random.key(0))  # compiles
     for fn in specs.values():
-        fn()
+        fn(jax.random.key(0))
     times = {name: [] for name in ["plain", *specs]}
-    outs = {}
-    for _ in range(repeats):
+    outs = {name: [] for name in specs}
+    for rep in range(repeats):
+        key = jax.random.key(rep + 1)
         for name, fn in [("plain", plain), *specs.items()]:
-            dt, outs[name] = timed(fn)
+            dt, out = timed(fn, key)
             times[name].append(dt)
+            if name != "plain":
+                outs[name].append(out)
     plain_s = statistics.median(times["plain"])
     cases = []
     for name in specs:
-        r, s = outs[name], statistics.median(times[name])
-        case = {"case": name, "k": r.k, "ms": 1e3 * s, "runs_ms": [round(1e3 * t, 2) for t in times[name]],
+        runs, s = outs[name], statistics.median(times[name])
+        acc = [float(np.mean(r.acceptance_rate)) for r in runs]
+        case = {"case": name, "k": runs[0].k, "ms": 1e3 * s, "runs_ms": [round(1e3 * t, 2) for t in times[name]],
                 "tokens_per_s": n_tokens / s, "plain_ms": 1e3 * plain_s,
                 "plain_runs_ms": [round(1e3 * t, 2) for t in times["plain"]],
                 "plain_tokens_per_s": n_tokens / plain_s, "ratio": plain_s / s,
-                "acceptance_rate": float(np.mean(r.acceptance_rate)),
-                "tokens_per_call": float(np.mean(r.tokens_per_call)),
-                "target_calls": int(np.mean(r.target_calls))}
+                "acceptance_rate": float(np.mean(acc)), "acceptance_by_run": [round(a, 3) for a in acc],
+                "tokens_per_call": float(np.mean([np.mean(r.tokens_per_call) for r in runs])),
+                "target_calls": float(np.mean([np.mean(r.target_calls) for r in runs]))}
         if greedy:
-            same = np.asarray(r.out.tokens) == np.asarray(ref.tokens)
+            same = np.asarray(runs[-1].out.tokens) == np.asarray(ref.tokens)
             case |= {"greedy_tokens_match": bool(same.all()), "matching_tokens": int(same.sum()),
                      "compared_tokens": int(same.size)}
         cases.append(case)
@@ -166,7 +174,8 @@ def main() -> None:
     ap.add_argument("--target-steps", type=int, default=400)
     ap.add_argument("--draft-steps", type=int, default=400)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=5, help="timed runs per case (after one warm-up)")
+    ap.add_argument("--repeats", type=int, default=7,
+                    help="timed runs per case (after one warm-up), each with its own sampling key")
     ap.add_argument("--drafts", nargs="+", choices=DRAFTS, default=list(DRAFTS))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -200,17 +209,17 @@ def main() -> None:
     result["prompts"] = {"code": CODE_PROMPT, "code_tokens": code.shape[1],
                          "repetitive": REPEAT_PROMPT, "repetitive_tokens": rep.shape[1]}
     tp, tc = params["target"], cfgs["target"]
-    key, n = jax.random.key(0), args.new_tokens
+    n = args.new_tokens
     result["cases"], result["plain_outputs"] = [], {}
     for sname, sampler in SAMPLERS.items():
-        plain = lambda s=sampler: generate(tp, tc, code, key, max_new_tokens=n, sampler=s)  # noqa: E731
-        specs = {f"{d} {sname} k={k}": (lambda k=k, s=sampler, d=d: speculative_generate(
+        plain = lambda key, s=sampler: generate(tp, tc, code, key, max_new_tokens=n, sampler=s)  # noqa: E731
+        specs = {f"{d} {sname} k={k}": (lambda key, k=k, s=sampler, d=d: speculative_generate(
             tp, tc, params[d], cfgs[d], code, key, k=k, max_new_tokens=n, sampler=s)) for d in drafts for k in KS}
         cases, ref = bench_group(plain, specs, args.repeats, sampler is None, n)
         result["plain_outputs"][f"code {sname}"] = decode(enc, ref)
         result["cases"] += [c | {"drafter": c["case"].split()[0], "sampler": sname, "prompt": "code"} for c in cases]
-    plain = lambda: generate(tp, tc, rep, key, max_new_tokens=n)  # noqa: E731
-    specs = {f"prompt_lookup greedy k={k}": (lambda k=k: speculative_generate(
+    plain = lambda key: generate(tp, tc, rep, key, max_new_tokens=n)  # noqa: E731
+    specs = {f"prompt_lookup greedy k={k}": (lambda key, k=k: speculative_generate(
         tp, tc, None, None, rep, key, k=k, max_new_tokens=n, prompt_lookup=NGRAM)) for k in KS}
     cases, ref = bench_group(plain, specs, args.repeats, True, n)
     result["plain_outputs"]["repetitive greedy"] = decode(enc, ref)
