@@ -32,3 +32,19 @@ def check_positive(obj: Any, name: str, prefix: str, *, allow_zero: bool = False
     if not ok:
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{prefix}.{name}={value!r} must be {bound}")
+
+
+def known_failure(err: Exception) -> str | None:
+    """The one line for a run that failed for a known reason (divergence, out of device
+    memory), else None (a bug: the caller lets the traceback show)."""
+    from arlm_jax.train.metrics import TrainingDiverged  # the training loop imports this module
+    if isinstance(err, TrainingDiverged):
+        return str(err)
+    text = str(err)
+    if "RESOURCE_EXHAUSTED" in text or "Out of memory" in text:
+        first = next((ln.strip() for ln in text.splitlines() if "RESOURCE_EXHAUSTED" in ln or "memory" in ln),
+                     text.splitlines()[0] if text else type(err).__name__)
+        return (f"out of device memory ({first[:200]}); lower train.batch_size or train.seq_len, use "
+                f"--model.remat full, a smaller model or more devices (arlm plan estimates the memory); "
+                f"the earlier checkpoints are intact")
+    return None

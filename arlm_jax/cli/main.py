@@ -7,6 +7,7 @@
     arlm arpa export RUN_DIR FILE | arlm arpa import FILE OUT_DIR [--tokenizer byte]
     arlm plan [--preset NAME] --devices N [--mesh.fsdp 8 --mesh.tensor 8 ...] [--json]
     arlm info [--preset NAME] [--config FILE] [--model.family NAME] [--model.* ...]
+    arlm scaling plan --budgets C1,C2 --out DIR | arlm scaling run DIR [--shard I/N] | arlm scaling fit CSV
 
 Configuration is layered: dataclass defaults, then ``--preset`` (a preset of the family that
 ``--model.family`` names), then ``--config`` (a JSON or TOML file with ``model``/``train``/
@@ -22,14 +23,14 @@ import sys
 import jsonargparse
 
 from arlm_jax.cli import eval as eval_command
-from arlm_jax.cli import arpa, generate, info, plan, tokenizer, train
+from arlm_jax.cli import arpa, generate, info, plan, scaling, tokenizer, train
 from arlm_jax.cli.errors import describe
 from arlm_jax.cli.options import Source, first_pass, new_parser, yaml_spelling
-from arlm_jax.errors import ConfigError, ResourceError
+from arlm_jax.errors import ConfigError, ResourceError, known_failure
 from arlm_jax.train.stop import Interrupted
 
 # Each module: NAME, HELP, CONFIG_OPTIONS, add_parser(subcommands, source), run(args, source).
-COMMANDS = {m.NAME: m for m in (train, eval_command, generate, tokenizer, arpa, plan, info)}
+COMMANDS = {m.NAME: m for m in (train, eval_command, generate, tokenizer, arpa, plan, info, scaling)}
 
 
 def make_parser(source: Source) -> tuple[jsonargparse.ArgumentParser, dict]:
@@ -66,26 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as err:  # a diverged run, or out of device memory: one line, not a traceback
-        if (line := _failure_line(err)) is None:
+        if (line := known_failure(err)) is None:
             raise
         print(f"arlm: error: {line}", file=sys.stderr)
         return 1
-
-
-def _failure_line(err: Exception) -> str | None:
-    """The one line for a run that failed for a known reason (divergence, device memory), else
-    None (a bug: the traceback is shown)."""
-    from arlm_jax.train.loop import TrainingDiverged
-    if isinstance(err, TrainingDiverged):
-        return str(err)
-    text = str(err)
-    if "RESOURCE_EXHAUSTED" in text or "Out of memory" in text:
-        first = next((ln.strip() for ln in text.splitlines() if "RESOURCE_EXHAUSTED" in ln or "memory" in ln),
-                     text.splitlines()[0] if text else type(err).__name__)
-        return (f"out of device memory ({first[:200]}); lower train.batch_size or train.seq_len, use "
-                f"--model.remat full, a smaller model or more devices (arlm plan estimates the memory); "
-                f"the earlier checkpoints are intact")
-    return None
 
 
 if __name__ == "__main__":

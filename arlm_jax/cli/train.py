@@ -32,6 +32,15 @@ def add_parser(subcommands, source: Source) -> jsonargparse.ArgumentParser:
     p.add_argument("--resume-step", type=int, default=None, metavar="N",
                    help="continue from checkpoint N (implies --resume); newer checkpoints are moved to "
                         "out_dir/set_aside/, not deleted")
+    add_distributed_options(p)
+    add_config_options(p, source)
+    subcommands.add_subcommand(NAME, p, help=HELP)
+    return p
+
+
+def add_distributed_options(p: jsonargparse.ArgumentParser) -> None:
+    """``--distributed``, ``--coordinator``, ``--num-processes``, ``--process-id`` and
+    ``--distributed-timeout`` (``arlm train``, ``arlm scaling run``); ``join(args)`` uses them."""
     g = p.add_argument_group("multi-process runs (every process runs the same command; docs/scale-out.md)")
     g.add_argument("--distributed", action="store_true",
                    help="join a multi-process run found from the cluster's environment (TPU pod "
@@ -45,19 +54,22 @@ def add_parser(subcommands, source: Source) -> jsonargparse.ArgumentParser:
                    help="this process, 0..N-1 (null: $JAX_PROCESS_ID)")
     g.add_argument("--distributed-timeout", type=float, default=300.0, metavar="S",
                    help="seconds to wait for the coordinator and the other processes")
-    add_config_options(p, source)
-    subcommands.add_subcommand(NAME, p, help=HELP)
-    return p
+
+
+def join(args: jsonargparse.Namespace) -> bool:
+    """Join the multi-process run the options (or the cluster's environment) describe; -> True
+    when there are several processes."""
+    from arlm_jax.parallel import distributed
+    return distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                                  auto=args.distributed, timeout=args.distributed_timeout)
 
 
 def run(args: jsonargparse.Namespace, source: Source) -> int:
     from arlm_jax.data.tokenizer import load_tokenizer
-    from arlm_jax.parallel import distributed
     from arlm_jax.train.loop import train
 
     cfg, explicit = build_run(args, source)
-    multi = distributed.initialize(args.coordinator, args.num_processes, args.process_id,
-                                   auto=args.distributed, timeout=args.distributed_timeout)
+    multi = join(args)
     try:
         enc = load_tokenizer(cfg.data.tokenizer)
         if "model.vocab_size" not in explicit:  # the vocabulary follows the tokenizer unless set
@@ -66,11 +78,11 @@ def run(args: jsonargparse.Namespace, source: Source) -> int:
     except BaseException as err:
         if not multi:
             raise
-        _leave_now(err)
+        leave_now(err)
     return 0
 
 
-def _leave_now(err: BaseException) -> None:
+def leave_now(err: BaseException) -> None:
     """A process of a multi-process run that fails must leave at once: a normal exit waits in
     JAX's shutdown barrier (minutes) while the other processes hang in their next collective."""
     import traceback

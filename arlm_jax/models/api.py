@@ -50,6 +50,9 @@ Optional operations (None when a family lacks them; the callers say so in one li
                                                            loop body's FLOPs once (the
                                                            Transformer's layer scan, a
                                                            recurrent model's time scan)
+    resize(cfg, width, depth) -> cfg                        the same model at another width and
+                                                           depth (scaling sweeps' shape ladder;
+                                                           scaling/sweep.py)
 
 A model config is a frozen dataclass with at least ``family`` (the registry name),
 ``vocab_size``, ``dtype`` and ``validate()``.
@@ -97,6 +100,9 @@ class Family:
     # iterations the loop runs at a training length (Transformer: layers; recurrent: time steps).
     unrolled: Callable[[Any, int], Any] | None = None
     depth: Callable[[Any, int], int] | None = None
+    # For scaling sweeps (scaling/sweep.py): the config at a width (the Transformer's d_model,
+    # a recurrent model's hidden units) and depth (layers), every other option kept.
+    resize: Callable[[Any, int, int], Any] | None = None
 
     def preset(self, name: str) -> Any:
         if name not in self.presets:
@@ -108,7 +114,7 @@ class Family:
         """The optional operation ``op``, or a one-line ConfigError saying who needs it."""
         fn = getattr(self, op)
         if fn is None:
-            have = [o for o in ("reorder", "rollback", "fit") if getattr(self, o) is not None]
+            have = [o for o in ("reorder", "rollback", "fit", "resize") if getattr(self, o) is not None]
             raise ConfigError(f"{needed_by} needs the operation {op!r}, which model.family="
                               f"{self.name!r} lacks (it has: {', '.join(have) or 'none of the optional ones'})")
         return fn

@@ -31,6 +31,8 @@ FAMILIES = {name: register(Family(
     # the time scan (forward and backward) with n steps per iteration; it runs seq_len steps
     unrolled=lambda cfg, n: dataclasses.replace(cfg, unroll=n),
     depth=lambda cfg, seq_len: seq_len,
+    # a sweep's width is the hidden units, and the embedding (the tied output's size) follows
+    resize=lambda cfg, width, depth: dataclasses.replace(cfg, d_hidden=width, d_embed=width, n_layers=depth),
 )) for name in cells.CELLS}
 
 __all__ = ["FAMILIES", "RecurrentConfig", "RecurrentState"]

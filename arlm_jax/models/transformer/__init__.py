@@ -31,6 +31,21 @@ def rollback(kv: cache.KVCache, lengths: Array) -> cache.KVCache:
     return kv.replace(lengths=lengths.astype(jnp.int32))
 
 
+def resize(cfg: TransformerConfig, width: int, depth: int) -> TransformerConfig:
+    """``cfg`` at d_model ``width`` and ``depth`` blocks: heads of about the same head_dim (the
+    most heads of at least that size that divide the width, and a kv-head count that divides
+    them in the same ratio), d_ff by the MLP's rule, every other option kept."""
+    heads = max(1, width // cfg.head_dim)
+    while width % heads:
+        heads -= 1
+    group = max(1, cfg.n_heads // cfg.kv_heads)
+    kv = None if cfg.n_kv_heads is None else max(1, heads // group)
+    while kv is not None and heads % kv:
+        kv -= 1
+    return dataclasses.replace(cfg, d_model=width, n_layers=depth, n_heads=heads, n_kv_heads=kv, d_ff=None,
+                               scan_unroll=min(cfg.scan_unroll, depth))
+
+
 def describe(cfg: TransformerConfig) -> str:
     return (f"transformer: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads / "
             f"{cfg.kv_heads} kv heads, {cfg.pos} positions, context {cfg.max_len}, vocab {cfg.vocab_size}")
@@ -55,4 +70,5 @@ FAMILY = register(Family(
     rollback=rollback,
     unrolled=lambda cfg, n: dataclasses.replace(cfg, n_layers=n, scan_unroll=n),
     depth=lambda cfg, seq_len: cfg.n_layers,
+    resize=resize,
 ))
