@@ -193,3 +193,30 @@ def test_the_cli_plans_and_refuses_bad_input(corpus, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert needle in err and err.count("\n") == 1, err
+
+
+def test_the_cli_fits_any_csv_and_plots(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from arlm_jax.scaling.synthetic import CHINCHILLA, isoflop_points
+    p = isoflop_points([6e18, 3e19, 1e20, 3e20], sizes=7, seed=3)
+    table = tmp_path / "elsewhere.csv"
+    with open(table, "w", newline="") as fh:  # a table from another tool: its own column order, no flops
+        w = csv.writer(fh)
+        w.writerow(["loss", "run", "tokens", "params"])
+        w.writerows([loss, f"r{i}", t, n] for i, (n, t, loss) in enumerate(zip(p.params, p.tokens, p.loss)))
+    assert main(["scaling", "fit", str(table), "--bootstrap", "50", "--budget", "1e22", "--plot", str(tmp_path / "png"),
+                 "--out", str(tmp_path / "fit.json")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    law = res["approach3"]
+    for name in ("E", "A", "B", "alpha", "beta"):
+        assert law[name] > 0 and len(law["intervals"][name]) == 2
+    assert abs(law["alpha"] - CHINCHILLA["alpha"]) < 0.05 and not any(k.startswith("_") for k in res)
+    assert res["budget"]["approach3"]["tokens_per_param"] > 1
+    assert json.loads((tmp_path / "fit.json").read_text())["approach3"]["E"] == law["E"]
+    assert sorted(x.rsplit("/", 1)[-1] for x in res["plots"]) == ["frontier.png", "isoflop.png", "optimal.png",
+                                                                   "residuals.png"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("params,tokens\n1,2\n")
+    assert main(["scaling", "fit", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "no column(s) loss" in err and err.count("\n") == 1
