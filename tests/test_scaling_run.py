@@ -220,3 +220,13 @@ def test_the_cli_fits_any_csv_and_plots(tmp_path, capsys):
     assert main(["scaling", "fit", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "no column(s) loss" in err and err.count("\n") == 1
+
+
+def test_a_mup_ladder_keeps_the_base_width_and_the_attention_scale(corpus):
+    base = base_run(corpus)
+    base = dataclasses.replace(base, model=dataclasses.replace(base.model, parametrization="mup", mup_base_width=16))
+    rungs = sweep_lib.ladder_rungs(base, LADDER)
+    assert [r.model.head_dim for r in rungs] == [8, 8, 8]  # heads grow, head_dim stays
+    assert all(r.model.mup_base_width == 16 for r in rungs)
+    assert [r.model.width_mult for r in rungs] == [1.0, 1.5, 2.0]
+    assert all(r.model.attn_scale == pytest.approx(8 ** -0.5) for r in rungs)  # 1/sqrt(E) at every width

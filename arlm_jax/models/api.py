@@ -55,7 +55,9 @@ Optional operations (None when a family lacks them; the callers say so in one li
                                                            scaling/sweep.py)
 
 A model config is a frozen dataclass with at least ``family`` (the registry name),
-``vocab_size``, ``dtype`` and ``validate()``.
+``vocab_size``, ``dtype`` and ``validate()``. It may also have ``width_mult``, a float: muP's
+width multiplier (width / the width the learning rate was tuned at); the optimizer divides
+the hidden matrices' Adam learning rate by it (``lr_scales``). Absent means 1 (standard).
 
 A decoding state is any pytree whose array leaves have the batch as their leading axis, so a
 family with an encoder (cross-attention keys and values computed once at prefill) keeps them
@@ -178,3 +180,22 @@ def decays(axes: tuple) -> bool:
     names = [a for a in axes if a != "layers"]
     features = [a for a in names if a in FEATURE_AXES]
     return len(features) >= 2 and bool(names) and names[0] in INPUT_AXES
+
+
+def hidden_matrix(axes: tuple) -> bool:
+    """Whether a parameter with these logical axes is a hidden matrix: a matmul weight whose
+    input and output both grow with the width, i.e. one that touches no vocabulary axis (not
+    the token embedding or the output head). Muon takes these; muP scales their Adam lr."""
+    return decays(axes) and "vocab" not in axes
+
+
+def lr_scales(cfg: Any, axes: Any) -> Any:
+    """Per-parameter learning-rate multipliers for muP under Adam (Tensor Programs V, Table 3
+    in the form with an output multiplier): 1 / ``cfg.width_mult`` for the hidden matrices,
+    whose Adam update moves each output coordinate in proportion to their fan-in, and 1 for
+    everything else (embeddings, norms, biases, positional tables; the output head's growth
+    is taken out by the logits' 1/m instead). ``axes``: ``Family.param_axes`` of the params.
+    -> a tree like the parameters of Python floats, all 1.0 without a ``width_mult``."""
+    m = float(getattr(cfg, "width_mult", 1.0))
+    return jax.tree.map(lambda names: 1.0 / m if hidden_matrix(names) else 1.0, axes,
+                        is_leaf=lambda x: isinstance(x, tuple))

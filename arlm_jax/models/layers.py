@@ -117,19 +117,22 @@ def causal_mask(q_pos: Array, k_pos: Array, k_valid: Array | None = None) -> Arr
 
 
 def attention(q: Array, k: Array, v: Array, mask: Array, bias: Array | None = None,
-              dropout_rate: float = 0.0, dropout_key: Array | None = None) -> Array:
+              dropout_rate: float = 0.0, dropout_key: Array | None = None, *,
+              scale: float | None = None) -> Array:
     """Scaled dot-product attention with grouped kv heads (MHA, GQA and MQA alike).
 
     q [B, T, H, E], k and v [B, S, K, E] with H % K == 0, mask [B, T, S] bool,
     bias [B, H, T, S] float32 or None -> [B, T, H, E] in q's dtype. Scores and softmax
     are float32; masked entries use finfo.min, not -inf, so fully masked rows stay finite.
+    ``scale`` multiplies the scores q.k (None: 1/sqrt(E); muP uses one proportional to 1/E).
     """
     return attention_core(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask, bias,
-                          dropout_rate, dropout_key)
+                          dropout_rate, dropout_key, scale=scale)
 
 
 def attention_core(q: Array, kt: Array, vt: Array, mask: Array, bias: Array | None = None,
-                   dropout_rate: float = 0.0, dropout_key: Array | None = None) -> Array:
+                   dropout_rate: float = 0.0, dropout_key: Array | None = None, *,
+                   scale: float | None = None) -> Array:
     """``attention`` with keys and values head-major: kt, vt [B, K, S, E] (the KV-cache layout).
 
     Layout, chosen by measurement on XLA:CPU (docs/benchmarks.md): the G = H // K query
@@ -139,7 +142,7 @@ def attention_core(q: Array, kt: Array, vt: Array, mask: Array, bias: Array | No
     than [.., S]), as flash attention does; dropout then drops unnormalised weights.
     """
     qf = _fold_queries(q, kt.shape[1])
-    scores = _scores(qf, kt, mask, bias)  # [B, K, G*T, S]
+    scores = _scores(qf, kt, mask, bias, scale)  # [B, K, G*T, S]
     w = jnp.exp(scores - jax.lax.stop_gradient(scores.max(-1, keepdims=True)))
     denom = w.sum(-1, keepdims=True)  # [B, K, G*T, 1]
     if dropout_key is not None and dropout_rate > 0.0:
@@ -149,7 +152,7 @@ def attention_core(q: Array, kt: Array, vt: Array, mask: Array, bias: Array | No
 
 def attention_with_cache(q: Array, kt: Array, vt: Array, k_new: Array, v_new: Array,
                          mask_old: Array, mask_new: Array, bias_old: Array | None = None,
-                         bias_new: Array | None = None) -> Array:
+                         bias_new: Array | None = None, *, scale: float | None = None) -> Array:
     """T new queries over a KV cache *as it was before them* plus their own T keys: one softmax
     over both parts, so the result is ``attention_core`` over the cache with the new keys
     written in. Decoding reads the cache before writing to it, which lets XLA update it in
@@ -157,13 +160,14 @@ def attention_with_cache(q: Array, kt: Array, vt: Array, k_new: Array, v_new: Ar
 
     q [B, T, H, E]; kt, vt [B, K, S, E] the cache; k_new, v_new [B, T, K, E]; mask_old
     [B, T, S] (or broadcastable: the slots filled before these tokens); mask_new [B, T, T]
-    (causal); biases [B, H, T, S] and [B, H, T, T] or None -> [B, T, H, E].
+    (causal); biases [B, H, T, S] and [B, H, T, T] or None -> [B, T, H, E]. ``scale`` as in
+    ``attention``.
     """
     kh = kt.shape[1]
     qf = _fold_queries(q, kh)
     kn, vn = k_new.transpose(0, 2, 1, 3), v_new.transpose(0, 2, 1, 3)  # [B, K, T, E]
-    s_old = _scores(qf, kt, mask_old, bias_old)  # [B, K, G*T, S]
-    s_new = _scores(qf, kn, mask_new, bias_new)  # [B, K, G*T, T]
+    s_old = _scores(qf, kt, mask_old, bias_old, scale)  # [B, K, G*T, S]
+    s_new = _scores(qf, kn, mask_new, bias_new, scale)  # [B, K, G*T, T]
     top = jnp.maximum(s_old.max(-1, keepdims=True), s_new.max(-1, keepdims=True))
     w_old, w_new = jnp.exp(s_old - top), jnp.exp(s_new - top)
     denom = w_old.sum(-1, keepdims=True) + w_new.sum(-1, keepdims=True)
@@ -183,14 +187,14 @@ def _unfold_queries(out: Array, q: Array) -> Array:
     return out.astype(q.dtype).reshape(b, kh, h // kh, t, e).transpose(0, 3, 1, 2, 4).reshape(b, t, h, e)
 
 
-def _scores(qf: Array, kt: Array, mask: Array, bias: Array | None) -> Array:
+def _scores(qf: Array, kt: Array, mask: Array, bias: Array | None, scale: float | None = None) -> Array:
     """Scaled, biased, masked float32 scores [B, K, G*T, S] of folded queries qf [B, K, G*T, E]
-    against keys kt [B, K, S, E]; mask [B or 1, T, S] bool, bias [B, H, T, S] or None. Masked
-    entries get finfo.min, not -inf, so a fully masked row stays finite."""
+    against keys kt [B, K, S, E]; mask [B or 1, T, S] bool, bias [B, H, T, S] or None; scale
+    None -> 1/sqrt(E). Masked entries get finfo.min, not -inf, so a fully masked row stays finite."""
     b, kh, gt, e = qf.shape
     t, s = mask.shape[1], kt.shape[2]
     scores = jnp.einsum("bkqe,bkse->bkqs", qf, kt.astype(qf.dtype), preferred_element_type=jnp.float32)
-    scores = scores * (1.0 / math.sqrt(e))
+    scores = scores * (1.0 / math.sqrt(e) if scale is None else scale)
     if bias is not None:
         scores = scores + bias.reshape(b, kh, gt, s)
     m = jnp.broadcast_to(mask[:, None], (mask.shape[0], gt // t, t, s)).reshape(mask.shape[0], 1, gt, s)

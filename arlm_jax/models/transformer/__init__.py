@@ -34,7 +34,8 @@ def rollback(kv: cache.KVCache, lengths: Array) -> cache.KVCache:
 def resize(cfg: TransformerConfig, width: int, depth: int) -> TransformerConfig:
     """``cfg`` at d_model ``width`` and ``depth`` blocks: heads of about the same head_dim (the
     most heads of at least that size that divide the width, and a kv-head count that divides
-    them in the same ratio), d_ff by the MLP's rule, every other option kept."""
+    them in the same ratio), d_ff by the MLP's rule, every other option kept (under muP the
+    base head_dim is pinned to the current one, as the heads grow and head_dim does not)."""
     heads = max(1, width // cfg.head_dim)
     while width % heads:
         heads -= 1
@@ -42,13 +43,16 @@ def resize(cfg: TransformerConfig, width: int, depth: int) -> TransformerConfig:
     kv = None if cfg.n_kv_heads is None else max(1, heads // group)
     while kv is not None and heads % kv:
         kv -= 1
+    # muP: heads are added at a fixed head_dim, so the attention scale must stay 1/sqrt(head_dim)
+    base_head_dim = cfg.mup_base_head_dim or (cfg.head_dim if cfg.parametrization == "mup" else 0)
     return dataclasses.replace(cfg, d_model=width, n_layers=depth, n_heads=heads, n_kv_heads=kv, d_ff=None,
-                               scan_unroll=min(cfg.scan_unroll, depth))
+                               scan_unroll=min(cfg.scan_unroll, depth), mup_base_head_dim=base_head_dim)
 
 
 def describe(cfg: TransformerConfig) -> str:
     return (f"transformer: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads / "
-            f"{cfg.kv_heads} kv heads, {cfg.pos} positions, context {cfg.max_len}, vocab {cfg.vocab_size}")
+            f"{cfg.kv_heads} kv heads, {cfg.pos} positions, context {cfg.max_len}, vocab {cfg.vocab_size}"
+            + (f", muP (base width {cfg.mup_base_width})" if cfg.parametrization == "mup" else ""))
 
 
 FAMILY = register(Family(

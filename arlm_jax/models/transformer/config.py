@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from arlm_jax.errors import ConfigError, check_choice, check_positive
@@ -12,6 +13,7 @@ NORM_POSITIONS = ("pre", "post")
 MLPS = ("gelu", "swiglu")
 DTYPES = ("float32", "bfloat16")
 REMAT = ("none", "full", "dots")
+PARAMETRIZATIONS = ("standard", "mup")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,6 +74,12 @@ class TransformerConfig:
     """epsilon inside the norms"""
     init_std: float = 0.02
     """std of the normal init (residual outputs also / sqrt(2 n_layers))"""
+    parametrization: str = "standard"
+    """standard | mup (muP: init, Adam lrs, logit and attention scales that keep the lr across widths)"""
+    mup_base_width: int = 128
+    """mup: the d_model the lr was tuned at (there mup equals standard); keep it fixed across a sweep"""
+    mup_base_head_dim: int = 0
+    """mup: attention scales by sqrt(this)/head_dim; 0 -> mup_base_width / n_heads (a sweep at fixed heads)"""
 
     # ---- derived -------------------------------------------------------------------
     @property
@@ -90,6 +98,24 @@ class TransformerConfig:
             return 64 * -(-(8 * self.d_model // 3) // 64)
         return 4 * self.d_model
 
+    @property
+    def width_mult(self) -> float:
+        """muP's width multiplier m = d_model / mup_base_width (1 under the standard
+        parametrization). Hidden matrices' init std is divided by sqrt(m), their Adam learning
+        rate by m (``models.api.lr_scales``), and the logits by m."""
+        return self.d_model / self.mup_base_width if self.parametrization == "mup" else 1.0
+
+    @property
+    def attn_scale(self) -> float | None:
+        """The attention-score scale, or None for the default 1/sqrt(head_dim). Under muP it is
+        sqrt(E0)/E (E = head_dim, E0 = mup_base_head_dim): proportional to 1/E, since after
+        training queries and keys are correlated and their dot product grows like E, and equal
+        to the default at E = E0. Written as 1/sqrt(E) * sqrt(E0/E), so exact at E = E0."""
+        if self.parametrization != "mup":
+            return None
+        base = self.mup_base_head_dim or self.mup_base_width / self.n_heads
+        return 1.0 / math.sqrt(self.head_dim) * math.sqrt(base / self.head_dim)
+
     def validate(self) -> "TransformerConfig":
         p = "model"
         for name in ("vocab_size", "n_layers", "n_heads", "d_model", "max_len", "rel_buckets",
@@ -102,6 +128,8 @@ class TransformerConfig:
         check_positive(self, "rope_theta", p)
         check_positive(self, "norm_eps", p)
         check_positive(self, "init_std", p)
+        check_positive(self, "mup_base_width", p)
+        check_positive(self, "mup_base_head_dim", p, allow_zero=True)
         if self.d_model % self.n_heads:
             raise ConfigError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
         if self.n_heads % self.kv_heads:
@@ -121,6 +149,7 @@ class TransformerConfig:
         if self.matmul_dtype:
             check_choice(self, "matmul_dtype", DTYPES, p)
         check_choice(self, "remat", REMAT, p)
+        check_choice(self, "parametrization", PARAMETRIZATIONS, p)
         return self
 
     # ---- presets ---------------------------------------------------------------------

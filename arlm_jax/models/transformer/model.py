@@ -45,13 +45,20 @@ def _norm_params(cfg: ModelConfig, lead: tuple[int, ...]) -> dict:
 
 
 def init(key: Array, cfg: ModelConfig) -> dict:
-    """Random float32 parameters: N(0, init_std), residual outputs scaled by 1/sqrt(2L) (GPT-2)."""
+    """Random float32 parameters: N(0, init_std), residual outputs scaled by 1/sqrt(2L) (GPT-2).
+
+    Under muP (``cfg.parametrization``) the hidden matrices' std is also divided by sqrt(m),
+    m = ``cfg.width_mult``: their fan-in grows like the width, so this keeps each output
+    coordinate's size width-independent (std ~ 1/sqrt(fan_in)) and equals the standard init
+    at the base width (m = 1). Embeddings and the output head keep init_std."""
     L, D, H, K, E, F, V = (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim,
                            cfg.ff_dim, cfg.vocab_size)
-    std, out_std = cfg.init_std, cfg.init_std / (2 * L) ** 0.5
+    std = cfg.init_std
+    hid = std / cfg.width_mult ** 0.5  # == std exactly when m = 1
+    out_std = hid / (2 * L) ** 0.5
     keys = iter(jax.random.split(key, 16))
 
-    def normal(shape: tuple[int, ...], s: float = std) -> Array:
+    def normal(shape: tuple[int, ...], s: float = hid) -> Array:
         return s * jax.random.normal(next(keys), shape, jnp.float32)
 
     attn = {"wq": normal((L, D, H, E)), "wk": normal((L, D, K, E)), "wv": normal((L, D, K, E)),
@@ -67,7 +74,7 @@ def init(key: Array, cfg: ModelConfig) -> dict:
         if cfg.mlp == "gelu":
             mlp |= {"b_in": jnp.zeros((L, F)), "b_out": jnp.zeros((L, D))}
     params: dict = {
-        "embed": {"tok": normal((V, D))},
+        "embed": {"tok": normal((V, D), std)},
         "blocks": {"attn_norm": _norm_params(cfg, (L,)), "attn": attn,
                    "mlp_norm": _norm_params(cfg, (L,)), "mlp": mlp},
     }
@@ -78,7 +85,7 @@ def init(key: Array, cfg: ModelConfig) -> dict:
     if cfg.norm_position == "pre":
         params["final_norm"] = _norm_params(cfg, ())
     if not cfg.tie_embeddings:
-        params["lm_head"] = {"w": normal((D, V))}
+        params["lm_head"] = {"w": normal((D, V), std)}
     return params
 
 
@@ -109,10 +116,11 @@ def _attention_block(p: dict, x: Array, positions: Array, mask: Array, bias: Arr
         q = layers.apply_rope(q, positions, cfg.rope_theta)
         k = layers.apply_rope(k, positions, cfg.rope_theta)
     if kv is None:
-        o = layers.attention(q, k, v, mask, bias, cfg.dropout, key)
+        o = layers.attention(q, k, v, mask, bias, cfg.dropout, key, scale=cfg.attn_scale)
     else:
         k_buf, v_buf, starts = kv
-        o = layers.attention_with_cache(q, k_buf, v_buf, k, v, *mask, *(bias or (None, None)))
+        o = layers.attention_with_cache(q, k_buf, v_buf, k, v, *mask, *(bias or (None, None)),
+                                        scale=cfg.attn_scale)
         # Read, then write: the written keys and values take a (zero) data dependency on the
         # attention output, so XLA orders the in-place write after both reads of the old buffer.
         # Writing first made XLA:CPU fuse the write into each reader and copy every buffer on
@@ -187,7 +195,12 @@ def forward(params: dict, tokens: Array, cfg: ModelConfig, cache: KVCache | None
 
 
 def head(params: dict, x: Array, cfg: ModelConfig) -> Array:
-    """Output projection of final hidden states. x [..., D] -> float32 logits [..., V]."""
+    """Output projection of final hidden states. x [..., D] -> float32 logits [..., V].
+
+    Under muP the logits are divided by m = ``cfg.width_mult``: after training the output
+    weights are correlated with x, so x . w grows like the width (tied or not; the tied matrix
+    keeps the embedding's init and learning rate). Every caller (forward, prefill, decoding)
+    projects through here, so all of them apply it."""
     dtype = DTYPES[cfg.dtype]
     if cfg.tie_embeddings:
         logits = jnp.einsum("...d,vd->...v", x, params["embed"]["tok"].astype(dtype),
@@ -195,6 +208,8 @@ def head(params: dict, x: Array, cfg: ModelConfig) -> Array:
     else:
         logits = jnp.einsum("...d,dv->...v", x, params["lm_head"]["w"].astype(dtype),
                             preferred_element_type=jnp.float32)
+    if cfg.width_mult != 1.0:
+        logits = logits * (1.0 / cfg.width_mult)
     # Under a mesh, logits stay split over the vocabulary (tensor axis) like the weight.
     lead = ("batch",) + (None,) * (logits.ndim - 2) if logits.ndim > 1 else ()
     return constrain(logits, lead + ("vocab",))
