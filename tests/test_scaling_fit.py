@@ -157,14 +157,15 @@ def test_drop_outliers_drops_the_planted_rows(noisy):
 
 
 def test_frontier_matches_brute_force():
+    """Budgets that differ by a step's rounding (here up to ~0.3%) count as one budget."""
     rng = np.random.default_rng(0)
-    flops = rng.choice([1.0, 2.0, 3.0, 5.0, 8.0], size=40) * (1 + 1e-12 * rng.standard_normal(40))
+    flops = rng.choice([1.0, 2.0, 3.0, 5.0, 8.0], size=40) * (1 + 1e-3 * rng.standard_normal(40))
     loss = rng.uniform(1, 3, size=40)
     present = rng.random((6, 40)) < 0.7
     got = frontier_mask(flops, loss, present)
     for r in range(6):
         for i in range(40):
-            others = present[r] & (flops <= flops[i] * (1 + 1e-9)) & (np.arange(40) != i)
+            others = present[r] & (flops <= flops[i] * 1.05) & (np.arange(40) != i)
             tie_lower = others & (loss == loss[i]) & (np.arange(40) < i)
             want = present[r, i] and not np.any(others & (loss < loss[i])) and not tie_lower.any()
             assert got[r, i] == want

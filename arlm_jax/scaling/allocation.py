@@ -36,15 +36,13 @@ def line_fit(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray
 
 
 def frontier_mask(flops: np.ndarray, loss: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """Which points lie on the lower envelope of loss against FLOPs: no point with FLOPs <= its
-    own has a lower loss (of equal-FLOPs points, the lowest-loss one). present [R, P] bool (the
-    points each weighting keeps) -> [R, P] bool, in the original point order."""
-    # FLOPs equal but for rounding (6·N·(C/6N) in floating point) count as equal: one budget
-    # must not gain frontier points from an ulp's difference.
-    by_flops = np.sort(flops)
-    steps = np.concatenate([[0], np.cumsum(by_flops[1:] > by_flops[:-1] * (1 + 1e-9))])
-    level = steps[np.searchsorted(by_flops, flops)]
-    order = np.lexsort((loss, level))                        # by FLOPs, then loss
+    """Which points lie on the lower envelope of loss against FLOPs: of each budget's points
+    (``budget_levels``), the lowest-loss one, if no smaller budget has a lower loss. present
+    [R, P] bool (the points each weighting keeps) -> [R, P] bool, in the original point order."""
+    # One budget is one level: a sweep's runs at one budget differ in FLOPs by the rounding to
+    # whole steps, and the cheapest of them must not become a frontier point on that alone.
+    level = budget_levels(flops)
+    order = np.lexsort((loss, level))                        # by budget, then loss
     lo = np.where(present[:, order], loss[order], np.inf)    # [R, P]
     best_before = np.concatenate([np.full((lo.shape[0], 1), np.inf),
                                   np.minimum.accumulate(lo, axis=1)[:, :-1]], axis=1)
@@ -66,20 +64,28 @@ def approach1(params, tokens, loss, flops, weights) -> dict[str, np.ndarray]:
     return {"a": a, "log_g": log_g, "b": b, "s": s, "log_l": log_l, "frontier": on[0]}
 
 
+def budget_levels(flops: np.ndarray) -> np.ndarray:
+    """Each point's budget, an index from 0 in order of FLOPs: a budget starts at the smallest
+    unassigned FLOPs and takes every point within GROUP_RTOL of it (anchoring on the first
+    point stops a chain of near neighbours becoming one budget). flops [P] -> [P] int."""
+    level = np.empty(len(flops), dtype=np.int64)
+    current, anchor = -1, -np.inf
+    for i in np.argsort(flops, kind="stable"):
+        if flops[i] > anchor * (1 + GROUP_RTOL):
+            current, anchor = current + 1, flops[i]
+        level[i] = current
+    return level
+
+
 def isoflop_groups(flops: np.ndarray, params: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(usable groups, ignored groups) as index arrays into the points, smallest FLOPs first.
-    A group starts at the smallest unassigned FLOPs and takes every point within GROUP_RTOL of
-    it (anchoring on the first point stops a chain of near neighbours becoming one group); it
-    is usable with at least MIN_SIZES distinct parameter counts."""
-    order = np.argsort(flops, kind="stable")
-    usable, ignored, i = [], [], 0
-    while i < len(order):
-        j = i
-        while j < len(order) and flops[order[j]] <= flops[order[i]] * (1 + GROUP_RTOL):
-            j += 1
-        members = np.sort(order[i:j])
+    """(usable groups, ignored groups) as index arrays into the points, smallest FLOPs first:
+    one group per budget (``budget_levels``), usable with at least MIN_SIZES distinct
+    parameter counts."""
+    level = budget_levels(flops)
+    usable, ignored = [], []
+    for g in range(level.max() + 1 if len(level) else 0):
+        members = np.flatnonzero(level == g)
         (usable if len(np.unique(params[members])) >= MIN_SIZES else ignored).append(members)
-        i = j
     return usable, ignored
 
 

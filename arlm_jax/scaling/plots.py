@@ -42,6 +42,7 @@ def write_plots(points: Points, result: dict, out_dir: str | Path) -> list[Path]
         fig = Figure(figsize=(11, 4.5) if name in ("optimal", "residuals") else (7, 5), layout="constrained")
         if draw(fig, kept, dropped, result) is False:
             continue
+        _sparse_minor_ticks(fig)
         path = out / f"{name}.png"
         fig.savefig(path, dpi=110)
         written.append(path)
@@ -131,6 +132,15 @@ def _residuals(fig, kept: Points, dropped: Points, result: dict):
         ax.set(xscale="log", xlabel=what)
     fig.axes[0].set_ylabel("log observed - log predicted")
     fig.suptitle("approach 3 residuals (colour: log FLOPs)")
+
+
+def _sparse_minor_ticks(fig) -> None:
+    """Minor ticks of log axes at 2 and 5 only: over about a decade matplotlib labels every one, and they overlap."""
+    from matplotlib.ticker import LogLocator
+    for ax in fig.axes:
+        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+            if scale == "log":
+                axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
 
 
 def _band(draws: dict | None, c: np.ndarray, confidence: float):
