@@ -47,7 +47,7 @@ def _plan_parser(source: Source) -> jsonargparse.ArgumentParser:
                    help="compute budgets in training FLOPs, comma-separated (required)")
     p.add_argument("--sizes", type=int, default=5, metavar="K", help="models per budget (>= 3)")
     p.add_argument("--ladder", type=str, default="cpu", metavar="NAME",
-                   help="shape rule: cpu (widths 32..512, d_model/layers 32; the demo is a rung) | "
+                   help="shape rule: cpu (widths 16..512, d_model/layers 32; the demo is a rung) | "
                         "gpt (widths 256..8192, ratio 64; gpt2-124m is a rung)")
     p.add_argument("--widths", type=str, default=None, metavar="W1,W2,...",
                    help="the ladder's widths instead of the named ladder's (d_model or hidden units)")

@@ -48,7 +48,7 @@ class Ladder:
 
 # cpu: the demo (d_model 128, 4 layers) is a rung; gpt: gpt2-124m (768, 12 layers) is one.
 LADDERS = {
-    "cpu": Ladder(widths=(32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512), aspect=32),
+    "cpu": Ladder(widths=(16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512), aspect=32),
     "gpt": Ladder(widths=(256, 384, 512, 640, 768, 1024, 1280, 1536, 2048, 2560, 3072, 4096, 5120,
                           6144, 8192), aspect=64),
 }
