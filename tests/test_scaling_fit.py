@@ -131,6 +131,21 @@ def test_bootstrap_intervals_and_budget(noisy):
     assert r == fit_all(noisy, budget=budget, bootstrap=63, seed=3)  # the seed fixes everything
 
 
+def test_holdout_predictions(noisy):
+    """Runs beyond the fitted budgets, noise-free from the true law: approach 3 predicts them
+    within 2% and its intervals hold them; a run 30% worse than the law falls outside."""
+    held = isoflop_points([3e22], sizes=3, sigma=0.0)
+    bad = points_from_arrays(held.params[:1], held.tokens[:1], held.loss[:1] * 1.3)
+    rows = fit_all(noisy, bootstrap=63, seed=3, holdout=held)["holdout"]
+    assert [r["loss"] for r in rows] == pytest.approx(list(held.loss))
+    for r in rows:
+        assert abs(r["error"]) < 0.02 and r["inside"] is True
+        assert r["interval"][0] <= r["predicted"] <= r["interval"][1]
+        assert r["error"] == pytest.approx(r["loss"] / r["predicted"] - 1)
+    (off,) = fit_all(noisy, bootstrap=63, seed=3, holdout=bad)["holdout"]
+    assert off["inside"] is False and off["error"] > 0.25
+
+
 def test_flops_column_sets_k(noisy):
     """A flops column (here 8·N·D) is used as C and its median flops/(N·D) maps C to N·D."""
     pts = points_from_arrays(noisy.params, noisy.tokens, noisy.loss, 8 * noisy.params * noisy.tokens)

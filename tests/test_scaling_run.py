@@ -205,13 +205,14 @@ def test_the_cli_fits_any_csv_and_plots(tmp_path, capsys):
         w.writerow(["loss", "run", "tokens", "params"])
         w.writerows([loss, f"r{i}", t, n] for i, (n, t, loss) in enumerate(zip(p.params, p.tokens, p.loss)))
     assert main(["scaling", "fit", str(table), "--bootstrap", "50", "--budget", "1e22", "--plot", str(tmp_path / "png"),
-                 "--out", str(tmp_path / "fit.json")]) == 0
+                 "--out", str(tmp_path / "fit.json"), "--holdout", str(table)]) == 0
     res = json.loads(capsys.readouterr().out)
     law = res["approach3"]
     for name in ("E", "A", "B", "alpha", "beta"):
         assert law[name] > 0 and len(law["intervals"][name]) == 2
     assert abs(law["alpha"] - CHINCHILLA["alpha"]) < 0.05 and not any(k.startswith("_") for k in res)
     assert res["budget"]["approach3"]["tokens_per_param"] > 1
+    assert len(res["holdout"]) == len(p) and max(abs(r["error"]) for r in res["holdout"]) < 0.05
     assert json.loads((tmp_path / "fit.json").read_text())["approach3"]["E"] == law["E"]
     assert sorted(x.rsplit("/", 1)[-1] for x in res["plots"]) == ["frontier.png", "isoflop.png", "optimal.png",
                                                                    "residuals.png"]
@@ -220,6 +221,9 @@ def test_the_cli_fits_any_csv_and_plots(tmp_path, capsys):
     assert main(["scaling", "fit", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "no column(s) loss" in err and err.count("\n") == 1
+    assert main(["scaling", "fit", str(table), "--bootstrap", "0", "--holdout", str(tmp_path / "none.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "none.csv does not exist" in err and err.count("\n") == 1
 
 
 def test_a_mup_ladder_keeps_the_base_width_and_the_attention_scale(corpus):

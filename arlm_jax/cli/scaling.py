@@ -92,6 +92,9 @@ def _fit_parser() -> jsonargparse.ArgumentParser:
     p.add_argument("--confidence", type=float, default=0.9, metavar="P", help="interval coverage")
     p.add_argument("--drop-outliers", type=int, default=0, metavar="K", help="drop the K highest-loss points")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
+    p.add_argument("--holdout", type=str, default=None, metavar="CSV",
+                   help="runs the fit does not see (same columns): approach 3's predicted loss for each, "
+                        "with its interval, beside the observed one")
     p.add_argument("--plot", type=str, default=None, metavar="DIR", help="write the PNGs into DIR")
     p.add_argument("--out", type=str, default=None, metavar="FILE", help="also write the JSON to FILE")
     return p
@@ -172,8 +175,9 @@ def _fit(args: jsonargparse.Namespace, source: Source) -> int:
     from arlm_jax.scaling.points import read_points
 
     points = read_points(args.results)
+    holdout = read_points(args.holdout) if args.holdout else None
     result = fit_all(points, budget=args.budget, bootstrap=args.bootstrap, drop_outliers=args.drop_outliers,
-                     confidence=args.confidence, seed=args.seed)
+                     confidence=args.confidence, seed=args.seed, holdout=holdout)
     printed = {k: v for k, v in result.items() if not k.startswith("_")}  # "_" keys: plot data
     text = json.dumps(printed, indent=1)
     if args.out:

@@ -30,8 +30,10 @@ LAW_PARAMS = 5  # E, A, B, alpha, beta
 
 
 def fit_all(points: Points, *, budget: float | None = None, bootstrap: int = 1000,
-            drop_outliers: int = 0, confidence: float = 0.9, seed: int = 0) -> dict:
-    """Fit approaches 1-3 (and predict at ``budget`` FLOPs) -> a JSON-ready dict (module doc)."""
+            drop_outliers: int = 0, confidence: float = 0.9, seed: int = 0,
+            holdout: Points | None = None) -> dict:
+    """Fit approaches 1-3 (and predict at ``budget`` FLOPs, and approach 3's loss for the
+    ``holdout`` runs, which the fit does not see) -> a JSON-ready dict (module doc)."""
     _check(points, budget, bootstrap, drop_outliers, confidence)
     kept, dropped = drop_highest(points, drop_outliers)
     k = flops_per_param_token(kept)
@@ -59,6 +61,8 @@ def fit_all(points: Points, *, budget: float | None = None, bootstrap: int = 100
     }
     if budget is not None:
         result["budget"] = _budget(fits, float(budget), k, confidence)
+    if holdout is not None:
+        result["holdout"] = _holdout(fits["approach3"], holdout, confidence)
     failed = {name: int((~np.isfinite(f["a"][1:])).sum()) for name, f in fits.items()}
     result["bootstrap"] = {"resamples": bootstrap, "confidence": confidence, "seed": seed, "failed": failed}
     result["notes"] = notes
@@ -168,6 +172,21 @@ def _budget(fits: dict, budget: float, k: float, confidence: float) -> dict:
         out[name] = {key: _num(v[0]) for key, v in pred.items()}
         out[name]["intervals"] = _intervals(pred, confidence)
     return out
+
+
+def _holdout(law: dict, held: Points, confidence: float) -> list[dict]:
+    """Approach 3's L(N, D) for each held-out run, with its interval over the resamples, beside
+    the run's observed loss; ``error`` is observed / predicted - 1."""
+    pred = law_loss({name: law[name][:, None] for name in ("E", "A", "B", "alpha", "beta")},
+                    held.params[None, :], held.tokens[None, :])          # [R+1, H]
+    rows = []
+    for i in range(len(held)):
+        iv = _intervals({"predicted": pred[:, i]}, confidence).get("predicted")
+        rows.append({"params": float(held.params[i]), "tokens": float(held.tokens[i]),
+                     "loss": float(held.loss[i]), "predicted": _num(pred[0, i]), "interval": iv,
+                     "error": _num(held.loss[i] / pred[0, i] - 1.0), "inside": None if iv is None or None in iv
+                     else bool(iv[0] <= held.loss[i] <= iv[1])})
+    return rows
 
 
 def _intervals(draws: dict[str, np.ndarray], confidence: float) -> dict:
