@@ -152,6 +152,34 @@ def test_shards_train_the_sweep_into_one_table_and_a_rerun_skips(planned, traine
         sweep_lib.write_sweep(planned, folder)
 
 
+def test_a_failed_run_is_recorded_skipped_and_retried_on_request(planned, tmp_path, monkeypatch):
+    """A run that diverges gets failed.json and no row; the sweep goes on; later passes skip it
+    until --retry-failed, which trains it and clears the record. Training is stubbed: this
+    is the runner's bookkeeping, and the stub's result stands in for a trained run's."""
+    from arlm_jax.train.metrics import TrainingDiverged
+    import arlm_jax.train.loop as loop
+    bad = planned["runs"][1]["name"]
+
+    def fake_train(run, *, resume, out, enc):
+        if run.train.out_dir.endswith(bad) and not getattr(fake_train, "healed", False):
+            raise TrainingDiverged("loss=nan at step 3; stopped (the checkpoint of step 2 is intact)")
+        return dataclasses.make_dataclass("R", ["val", "start_step"])(
+            {"loss": 2.0, "bpb": 2.9, "ppl": 7.4, "accuracy": 0.3, "tokens_per_s": 100.0}, 0)
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    folder = tmp_path / "sweep"
+    sweep_lib.write_sweep(planned, folder)
+    assert runner.run_sweep(folder) == {"trained": 2, "skipped": 0, "failed": 1}
+    failed = json.loads((folder / "runs" / bad / "failed.json").read_text())
+    assert "loss=nan at step 3" in failed["error"]
+    assert bad not in {r["name"] for r in _rows(folder / "results.csv")}
+    assert runner.run_sweep(folder) == {"trained": 0, "skipped": 2, "failed": 1}
+    fake_train.healed = True
+    assert runner.run_sweep(folder, retry_failed=True) == {"trained": 1, "skipped": 2, "failed": 0}
+    assert not (folder / "runs" / bad / "failed.json").exists()
+    assert sorted(r["name"] for r in _rows(folder / "results.csv")) == sorted(r["name"] for r in planned["runs"])
+
+
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(planned, trained, tmp_path, monkeypatch):
     one = {**planned, "runs": planned["runs"][:1]}
     expected = {r["name"]: r for r in _rows(trained[0] / "results.csv")}[one["runs"][0]["name"]]
