@@ -1,6 +1,6 @@
 """Does a learning rate tuned at the smallest width hold across widths? Standard against μP.
 
-    python experiments/mup_transfer.py                                   # 3 widths x 5 lrs x 2, ~12 min on 2 cores
+    python experiments/mup_transfer.py                                   # 3 widths x 5 lrs x 2, ~35 min on 2 cores
     python experiments/mup_transfer.py --widths 64 128 --lrs 0.005 0.01 --steps 100   # a quick look
 
 Each run is ``arlm train`` in its own process, as a user runs it: the demo's data (byte tokens,
