@@ -7,10 +7,10 @@ Each run is ``arlm train`` in its own process, as a user runs it: the demo's dat
 context 128, batch 16), 2 layers of width W with 32-wide heads, AdamW with the default warmup
 and cosine decay, one validation at the end. μP runs use ``--model.parametrization mup`` with the
 smallest width as ``mup_base_width`` (head_dim 32 as its base), so at that width the two
-parametrizations are the same model, trained once. Runs alternate the parametrizations (A B A B). The JSON
-(--out, default experiments/results/mup_transfer.json) holds every run's final bits/byte and,
-per parametrization, each width's best learning rate; the plot of bits/byte against the
-learning rate goes to --plot (default docs/figures/mup_transfer.png).
+parametrizations are the same model, trained once. Runs alternate the parametrizations
+(A B A B). The JSON (--out, default experiments/results/mup_transfer.json) holds every run's
+final bits/byte and, per parametrization, each width's best learning rate; the plot of
+bits/byte against the learning rate goes to --plot (default docs/figures/mup_transfer.png).
 """
 
 from __future__ import annotations
