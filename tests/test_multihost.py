@@ -33,7 +33,7 @@ def _free_port() -> int:
 
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-    fast_compile = {"XLA_FLAGS": "--xla_backend_optimization_level=0"}  # as conftest sets for this process
+    fast_compile = {"XLA_FLAGS": os.environ["ARLM_TEST_XLA_FLAGS"]}  # as conftest sets for this process
     return env | {"PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"} | fast_compile | extra
 
 
