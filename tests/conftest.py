@@ -5,12 +5,13 @@ import os
 # XLA:CPU compile faster without changing what the HLO computes (XLA's own graph passes still
 # run): LLVM's backend optimisation level 0 (~8 -> ~5.5 minutes on 2 cores, when the suite was
 # smaller); the classic loop emitters in place of the MLIR fusion emitters (compiles ~2.3x
-# faster: tests/test_model.py 147 -> 81 s). (Code generation in one piece,
-# --xla_cpu_parallel_codegen_split_count=1, compiles ~10% faster but changes float rounding
-# between programs that must agree bit for bit: test_optim.py.) The flags go in the
-# environment before jax creates its backend, so subprocesses inherit them; a flag the caller
-# already set wins.
-FAST_COMPILE_FLAGS = {"xla_backend_optimization_level": "0", "xla_cpu_use_fusion_emitters": "false"}
+# faster: tests/test_model.py 147 -> 81 s); and LLVM code generation in one piece, not split
+# over threads that the two xdist workers leave no core for (~10% faster compiles; it can
+# change float rounding by an ulp between two different programs, which tests compare with a
+# tolerance). The flags go in the environment before jax creates its backend, so subprocesses
+# inherit them; a flag the caller already set wins.
+FAST_COMPILE_FLAGS = {"xla_backend_optimization_level": "0", "xla_cpu_use_fusion_emitters": "false",
+                      "xla_cpu_parallel_codegen_split_count": "1"}
 
 
 def _accepted(flags: list[str]) -> bool:

@@ -74,7 +74,7 @@ def _matrix(leaf: str, x: np.ndarray) -> np.ndarray:
 
 def test_each_layer_gets_what_muon_gives_its_2d_matrix_alone():
     """Slow twin: two updates of the stacked leaves == optax muon on each layer's matrix, and
-    the AdamW leaves get exactly what AdamW alone gives them (same clipping and decay)."""
+    the AdamW leaves get what AdamW alone gives them (same clipping and decay), to an ulp."""
     cfg = tiny(tie_embeddings=False)
     tc = _tc(schedule="constant", warmup_steps=0, muon_lr=0.05, weight_decay=0.1, grad_clip=0.0)
     params, grads = _normal(cfg, 0), [_normal(cfg, 1), _normal(cfg, 2)]
@@ -86,8 +86,8 @@ def test_each_layer_gets_what_muon_gives_its_2d_matrix_alone():
     updates, ref_updates = jax.tree.map(np.asarray, (updates, ref_updates))
     muon_mask = O.muon_mask(family_of(cfg).param_axes(params))
     for u, r, on in zip(jax.tree.leaves(updates), jax.tree.leaves(ref_updates), jax.tree.leaves(muon_mask)):
-        if not on:
-            np.testing.assert_array_equal(u, r)
+        if not on:  # the same AdamW arithmetic in two programs: XLA may round them apart by 1 ulp
+            np.testing.assert_allclose(u, r, rtol=1e-6, atol=0)
 
     one = optax.contrib.muon(0.05, beta=0.95, weight_decay=0.1)  # the 2-D rule: x @ W, W [in, out]
     one_update = jax.jit(one.update)
