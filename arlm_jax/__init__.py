@@ -9,7 +9,9 @@
 
 The same calls work for every family: ``cfg.family`` says which one (models/api.py).
 Layout by concern: models/ (the family interface, layers, the families), decode/, train/,
-data/, parallel/, analysis/, cli/; config.py, loss.py and checkpoint.py at the top.
+data/, parallel/, analysis/, convert/ (Hugging Face and ARPA), cli/; config.py, loss.py and
+checkpoint.py at the top. ``from_hf(folder) -> (params, cfg)`` and ``to_hf(params, cfg, folder)``
+move GPT-2 and LLaMA weights to and from Hugging Face folders (safetensors, no torch).
 """
 
 from typing import Any as _Any
@@ -29,6 +31,7 @@ from arlm_jax.decode.speculative import SpecResult, speculative_generate
 from arlm_jax.parallel.mesh import make_mesh
 from arlm_jax.parallel.rules import constrain
 from arlm_jax.parallel.shardings import param_shardings
+from arlm_jax.convert.hf import from_hf, to_hf
 
 ModelConfig = TransformerConfig  # the default family's config, under its historical name
 
@@ -57,6 +60,6 @@ __all__ = [
     "cross_entropy", "loss_fn", "perplexity", "bits_per_byte",
     "KVCache", "init_cache", "Sampler", "Generation", "generate", "pad_prompts", "stream",
     "BeamResult", "beam_search", "SpecResult", "speculative_generate",
-    "make_mesh", "param_shardings", "constrain",
+    "make_mesh", "param_shardings", "constrain", "from_hf", "to_hf",
 ]
 __version__ = "0.1.0"

@@ -183,6 +183,36 @@ class Checkpointer:
                                   f"different state tree than this config builds")
         return state, dict(out["meta"])
 
+    def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, dict]:
+        """(params, meta) of ``step`` (default: the newest): only the state's ``params`` are
+        read, laid out as ``abstract_params`` (as in ``restore``), whatever optimizer state the
+        step holds. Evaluation, decoding and fine-tuning (``train.init_from``) need no more."""
+        step = self._step(step)
+        if why := check_manifest(self.step_dir(step)):
+            raise CorruptCheckpoint(f"checkpoint: step {step} in {str(self.directory)!r} is corrupt ({why})")
+        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = {"params": jax.tree.map(
+            lambda a: a if getattr(a, "sharding", None) is not None
+            else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), abstract_params)}
+        restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), target)
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
+                meta=ocp.args.JsonRestore()))
+            params = out["state"]["params"]
+        except Exception as err:
+            if _tree_mismatch(err):
+                raise CheckpointError(f"checkpoint: step {step} in {str(self.directory)!r} holds different "
+                                      f"parameters than this config builds ({_reason(err)})") from None
+            raise _corrupt(self.directory, step, err) from err
+        # orbax leaves a requested leaf it did not find as the ShapeDtypeStruct it was given
+        missing = [jax.tree_util.keystr(k) for k, a in jax.tree_util.tree_leaves_with_path(params)
+                   if isinstance(a, jax.ShapeDtypeStruct)]
+        if missing:
+            raise CheckpointError(f"checkpoint: step {step} in {str(self.directory)!r} holds different parameters "
+                                  f"than this config builds (no params{missing[0]})")
+        return params, dict(out["meta"])
+
     def restore_newest(self, abstract_state: Any, step: int | None = None,
                        check: Any = None) -> tuple[Any, dict, list[str]]:
         """(state, meta, notes) of the newest intact step (or of ``step``, which must be intact).
@@ -265,6 +295,13 @@ def _reason(err: BaseException) -> str:
         e = e.__cause__ or e.__context__
     text = str(deepest).strip()
     return f"{type(deepest).__name__}: {text.splitlines()[0][:200]}" if text else type(deepest).__name__
+
+
+def _tree_mismatch(err: BaseException) -> bool:
+    """Whether orbax failed because the requested tree or shapes differ from the saved ones
+    (a config mismatch, not damage)."""
+    text = str(err)
+    return any(k in text for k in ("not found in", "does not match", "shape", "Missing", "missing"))
 
 
 def _corrupt(directory: Path, step: int, err: Exception) -> CorruptCheckpoint:

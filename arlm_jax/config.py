@@ -83,6 +83,9 @@ class TrainConfig:
     """newest checkpoints kept on disk"""
     out_dir: str = "runs/demo"
     """run folder: config.json, metrics.jsonl, checkpoints/, loss.png"""
+    init_from: str = ""
+    """fine-tuning: a run folder (e.g. from arlm convert --from-hf) whose newest checkpoint's params
+    start this run, with a fresh optimizer; `arlm train --init-from DIR` also takes its model and tokenizer"""
     progress: bool = True
     """live progress bar (off: a log line every log_every steps)"""
     sample_prompt: str = "def "

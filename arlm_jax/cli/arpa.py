@@ -60,33 +60,19 @@ def _export(args: jsonargparse.Namespace) -> int:
 
 
 def _import(args: jsonargparse.Namespace) -> int:
-    import json
-
     import jax
     import jax.numpy as jnp
-    import optax
 
-    from arlm_jax.checkpoint import Checkpointer
-    from arlm_jax.config import DataConfig, RunConfig, TrainConfig, to_dict
     from arlm_jax.convert import arpa
-    from arlm_jax.data.tokenizer import load_tokenizer, tokenizer_identity
-    from arlm_jax.files import atomic_write_text
-    from arlm_jax.train.step import TrainState
+    from arlm_jax.data.tokenizer import load_tokenizer
+    from arlm_jax.train.run_dir import write_model_run
 
     out = Path(args.out_dir)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"arpa import: out_dir {args.out_dir!r} is not empty; choose a new folder")
     enc = load_tokenizer(args.tokenizer)
     params, cfg = arpa.read(args.file, enc.n_vocab)
-    run = RunConfig(preset="demo", model=cfg, train=TrainConfig(out_dir=str(out), steps=1),
-                    data=DataConfig(tokenizer=args.tokenizer)).validate()
-    params = jax.tree.map(jnp.asarray, params)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optax.identity().init(params))
-    out.mkdir(parents=True, exist_ok=True)
-    with Checkpointer(out, 1) as ck:
-        ck.save(0, state, {"step": 0, "data": {"seed": 0, "next_batch": 0}, "config": to_dict(run),
-                           "tokenizer": tokenizer_identity(enc)})
-    atomic_write_text(out / "config.json", json.dumps(to_dict(run), indent=1) + "\n")
+    write_model_run(out, jax.tree.map(jnp.asarray, params), cfg, args.tokenizer, enc, f"arpa:{args.file}")
     print(f"imported {args.file} ({cfg.order}-gram, {sum(cfg.sizes):,} n-grams, vocab {cfg.vocab_size}) into "
           f"{out}: arlm eval {out}, arlm generate --checkpoint {out}")
     return 0

@@ -110,7 +110,9 @@ class _TextStream:
 
 def _text(enc, ids) -> str:
     """Text of generated ids, without the end-of-text token."""
-    return _TextStream(enc)([int(t) for t in ids if int(t) != enc.eot_token], final=True)
+    from arlm_jax.data.tokenizer import eot_id
+    end = eot_id(enc)
+    return _TextStream(enc)([int(t) for t in ids if int(t) != end], final=True)
 
 
 def _print_rows(enc, texts: list[str], tokens, lengths, num_samples: int) -> None:

@@ -1,10 +1,12 @@
 """The ``arlm`` command: the top-level parser, dispatch to one module per subcommand, and errors.
 
     arlm train [--preset NAME] [--config FILE] [--resume] [--model.n_layers 6 --train.lr 3e-4 ...]
+    arlm train --init-from RUN_DIR --train.out_dir runs/ft [--train.steps 200 ...]
     arlm eval RUN_DIR [--step N] [--corpus SPEC] [--split val|train] [--batches N] [--json]
     arlm generate --checkpoint RUN_DIR --prompt TEXT [--temperature T --top-p P --beams W ...]
     arlm tokenizer train --vocab-size N [--corpus SPEC] [--pattern gpt2|cl100k] [--out FILE]
     arlm arpa export RUN_DIR FILE | arlm arpa import FILE OUT_DIR [--tokenizer byte]
+    arlm convert --from-hf HF_DIR --out RUN_DIR | arlm convert --to-hf RUN_DIR --out HF_DIR
     arlm plan [--preset NAME] --devices N [--mesh.fsdp 8 --mesh.tensor 8 ...] [--json]
     arlm info [--preset NAME] [--config FILE] [--model.family NAME] [--model.* ...]
     arlm scaling plan --budgets C1,C2 --out DIR | arlm scaling run DIR [--shard I/N] | arlm scaling fit CSV
@@ -23,14 +25,14 @@ import sys
 import jsonargparse
 
 from arlm_jax.cli import eval as eval_command
-from arlm_jax.cli import arpa, generate, info, plan, scaling, tokenizer, train
+from arlm_jax.cli import arpa, convert, generate, info, plan, scaling, tokenizer, train
 from arlm_jax.cli.errors import describe
 from arlm_jax.cli.options import Source, first_pass, new_parser, yaml_spelling
 from arlm_jax.errors import ConfigError, ResourceError, known_failure
 from arlm_jax.train.stop import Interrupted
 
 # Each module: NAME, HELP, CONFIG_OPTIONS, add_parser(subcommands, source), run(args, source).
-COMMANDS = {m.NAME: m for m in (train, eval_command, generate, tokenizer, arpa, plan, info, scaling)}
+COMMANDS = {m.NAME: m for m in (train, eval_command, generate, tokenizer, arpa, convert, plan, info, scaling)}
 
 
 def make_parser(source: Source) -> tuple[jsonargparse.ArgumentParser, dict]:

@@ -62,7 +62,7 @@ def first_pass(argv: list[str], config_options: bool = True) -> Source:
     ``config_options`` (a subcommand that has none) only the named options are recorded."""
     given = frozenset(a[2:].split("=", 1)[0] for a in argv if a.startswith("--"))
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
-    for name in ("--preset", "--config", "--model.family"):
+    for name in ("--preset", "--config", "--model.family", "--init-from"):
         pre.add_argument(name, dest=name[2:])
     try:  # jsonargparse refuses parse_known_args; a mistake here is reported by the real parse
         found = vars(pre.parse_known_args(argv if config_options else [])[0])
@@ -70,6 +70,10 @@ def first_pass(argv: list[str], config_options: bool = True) -> Source:
         found = {}
     path = found.get("config")
     file = read_config_file(path) if path else {}
+    if found.get("init-from"):  # its model and tokenizer, under the config file and the options
+        base = init_from_sections(found["init-from"])
+        file = {**base, **file, "model": {**base["model"], **file.get("model", {})},
+                "data": {**base["data"], **file.get("data", {})}}
     in_file = file.get("model", {})
     name = found.get("model.family") or in_file.get("family") or RunConfig().model.family
     if in_file.get("family", name) != name:
@@ -78,6 +82,20 @@ def first_pass(argv: list[str], config_options: bool = True) -> Source:
     family = get_family(name)
     preset = found.get("preset") or file.get("preset") or family.default_preset
     return Source(family, preset, path, file, given)
+
+
+def init_from_sections(run_dir: str) -> dict:
+    """What ``--init-from RUN_DIR`` layers under ``--config`` and the options: the run folder's
+    model section, preset and data.tokenizer, from its config.json."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"--init-from={run_dir!r} has no config.json; give a run folder (arlm train's "
+                          f"out_dir or arlm convert's --out)")
+    saved = read_config_file(str(path))
+    if not isinstance(saved.get("model"), dict) or "tokenizer" not in saved.get("data", {}):
+        raise ConfigError(f"--init-from={run_dir!r}: its config.json has no model section or data.tokenizer")
+    return {"preset": saved.get("preset", "demo"), "model": saved["model"],
+            "data": {"tokenizer": saved["data"]["tokenizer"]}}
 
 
 def read_config_file(path: str) -> dict:

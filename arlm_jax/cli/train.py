@@ -2,6 +2,7 @@
 
     arlm train [--preset NAME] [--config FILE] [--resume] [--model.family NAME]
                [--model.n_layers 6 --train.lr 3e-4 ...] [--coordinator HOST:PORT ...]
+    arlm train --init-from RUN_DIR --train.out_dir runs/ft [--train.lr 1e-4 ...]   # fine-tune
 
 With no arguments: the default family's default preset (the CPU demo) on the running
 Python's standard library with the byte tokenizer. ``model.vocab_size`` follows the tokenizer
@@ -32,6 +33,10 @@ def add_parser(subcommands, source: Source) -> jsonargparse.ArgumentParser:
     p.add_argument("--resume-step", type=int, default=None, metavar="N",
                    help="continue from checkpoint N (implies --resume); newer checkpoints are moved to "
                         "out_dir/set_aside/, not deleted")
+    p.add_argument("--init-from", type=str, default=None, metavar="RUN_DIR",
+                   help="fine-tune: start from the newest checkpoint's params of this run folder (e.g. "
+                        "arlm convert --from-hf's), with its model config and tokenizer unless options "
+                        "here change them; sets train.init_from")
     add_distributed_options(p)
     add_config_options(p, source)
     subcommands.add_subcommand(NAME, p, help=HELP)
@@ -69,6 +74,8 @@ def run(args: jsonargparse.Namespace, source: Source) -> int:
     from arlm_jax.train.loop import train
 
     cfg, explicit = build_run(args, source)
+    if args.init_from:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=args.init_from))
     multi = join(args)
     try:
         enc = load_tokenizer(cfg.data.tokenizer)

@@ -31,6 +31,9 @@ from arlm_jax.data.bpe import GPT2_PAT, train_ranks
 from arlm_jax.errors import ConfigError
 
 EOT = "<|endoftext|>"
+# Special tokens that end a document, in the order ``eot_id`` looks for them: GPT-2's and ours,
+# LLaMA-3's, and SentencePiece's (a converted Hugging Face tokenizer keeps its own names).
+DOC_ENDS = (EOT, "<|end_of_text|>", "</s>")
 NAMED = ("gpt2", "cl100k_base", "o200k_base")
 _HOST = "openaipublic.blob.core.windows.net"
 # The blobs tiktoken_ext.openai_public reads for each name; tiktoken caches a blob as
@@ -183,8 +186,8 @@ def load_tiktoken_file(path: str | os.PathLike) -> tiktoken.Encoding:
     except ValueError as err:
         raise ConfigError(f"{str(sidecar)!r} is not valid JSON; it should hold name, pat_str, special_tokens") from err
     specials = meta.get("special_tokens") or {EOT: max(ranks.values(), default=-1) + 1}
-    if EOT not in specials:
-        raise ConfigError(f"{str(sidecar)!r} special_tokens must include {EOT}")
+    if not any(end in specials for end in DOC_ENDS):
+        raise ConfigError(f"{str(sidecar)!r} special_tokens must include one of {', '.join(DOC_ENDS)}")
     return tiktoken.Encoding(name=meta.get("name", path.stem), pat_str=meta.get("pat_str", GPT2_PAT),
                              mergeable_ranks=ranks, special_tokens=specials)
 
@@ -217,8 +220,14 @@ def tokenizer_identity(enc: tiktoken.Encoding) -> str:
 
 
 def eot_id(enc: tiktoken.Encoding) -> int:
-    """Id of ``<|endoftext|>``, the document separator the data pipeline appends."""
-    return enc.eot_token
+    """Id of the document separator the data pipeline appends and decoding stops at: the first
+    of ``DOC_ENDS`` the encoding has (``<|endoftext|>`` for every tokenizer arlm_jax makes)."""
+    specials = enc._special_tokens
+    for end in DOC_ENDS:
+        if end in specials:
+            return specials[end]
+    raise ConfigError(f"data.tokenizer {enc.name!r} has no document-end token; it needs one of "
+                      f"{', '.join(DOC_ENDS)} among its special tokens")
 
 
 def encode(enc: tiktoken.Encoding, text: str) -> list[int]:

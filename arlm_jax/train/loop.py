@@ -38,9 +38,10 @@ from arlm_jax.train.evaluate import EvalSet
 from arlm_jax.train.lock import run_lock
 from arlm_jax.train.metrics import LoopClock, StepMetrics, TrainingDiverged  # noqa: F401 (TrainingDiverged: the CLI's)
 from arlm_jax.train.optim import make_optimizer
-from arlm_jax.train.run_dir import (abstract_state, append_jsonl, check_resumable, plot_losses,
-                                    truncate_jsonl)
-from arlm_jax.train.step import (TrainState, init_sharded_state, make_eval_step, make_train_step)
+from arlm_jax.train.run_dir import (abstract_state, append_jsonl, check_resumable, load_init_params,
+                                    plot_losses, truncate_jsonl)
+from arlm_jax.train.step import (TrainState, init_sharded_state, make_eval_step, make_train_step,
+                                 state_from_params)
 from arlm_jax.train.stop import Interrupted, StopRequests, stop_requests
 
 
@@ -188,10 +189,19 @@ def _restore_or_init(run: RunConfig, ck: Checkpointer, mesh: Mesh, optimizer: An
             say(f"--resume: no checkpoint in {ck.directory}; starting at step 0")
         if fitted is not None:
             params = jax.device_put(fitted, jax.tree.map(lambda a: a.sharding, abstract.params))
-            return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+            return state_from_params(params, run.model, optimizer, mesh)
+        if tc.init_from:
+            params, meta = load_init_params(run, abstract.params, tok_id)
+            say(f"initialised from step {meta['step']} of {tc.init_from}"
+                + (f" (converted from {meta['converted_from']})" if meta.get("converted_from") else ""))
+            return state_from_params(params, run.model, optimizer, mesh)
         return init_sharded_state(jax.random.key(tc.seed), run.model, optimizer, mesh)
 
     def check(saved: dict) -> None:
+        if saved.get("converted_from"):
+            raise ConfigError(f"train.out_dir={tc.out_dir!r} holds a converted model ({saved['converted_from']}), "
+                              f"not a training run; fine-tune it with --init-from {tc.out_dir} and a new "
+                              f"train.out_dir")
         check_resumable(saved["config"], run, saved["tokenizer"], tok_id, str(ck.directory))
     state, saved, notes = ck.restore_newest(abstract, resume_step, check)  # onto this mesh
     for note in notes:

@@ -13,6 +13,7 @@ A run folder (``train.out_dir``) holds:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ RESUMABLE_CHANGES = frozenset({"train.eval_every", "train.eval_batches", "train.
                                "train.ckpt_every", "train.keep_checkpoints", "train.out_dir",
                                "train.progress", "train.sample_prompt", "train.sample_tokens",
                                "train.sample_temperature", "train.sample_top_p",
+                               "train.init_from",  # the checkpoint supersedes it
                                "data.cache_dir", "mesh.data", "mesh.fsdp", "mesh.tensor",
                                "mesh.devices"})  # a run may resume on another mesh
 
@@ -126,6 +128,64 @@ def plot_losses(metrics_path: Path, out: Path) -> str:
     return f"loss curve: {out}"
 
 
+def load_init_params(run: RunConfig, abstract_params: Any, tokenizer: str) -> tuple[Any, dict]:
+    """``train.init_from``'s params (its newest checkpoint), laid out as ``abstract_params``
+    (this run's mesh), and that checkpoint's meta. Its model must build the same parameters as
+    ``run.model`` and its tokenizer identity must be ``tokenizer``; else a one-line ConfigError."""
+    src = run.train.init_from
+    if not Path(src).is_dir():
+        raise ConfigError(f"train.init_from={src!r} is not a folder; give a run folder (arlm train's out_dir "
+                          f"or arlm convert's --out)")
+    with Checkpointer(src, read_only=True) as ck:
+        meta = ck.read_meta()
+        try:
+            saved = from_dict(meta["config"]).model
+        except (KeyError, TypeError, ConfigError):
+            raise CheckpointError(f"train.init_from={src!r}: its step {meta.get('step')} has no config this "
+                                  f"version reads") from None
+        fam = family_of(run.model)
+        if saved.family != run.model.family:
+            raise ConfigError(f"train.init_from={src!r} holds a model.family={saved.family!r} model, not "
+                              f"{run.model.family!r}")
+        mine = jax.eval_shape(lambda: fam.init(jax.random.key(0), run.model))
+        theirs = jax.eval_shape(lambda: fam.init(jax.random.key(0), saved))
+        if jax.tree.structure(mine) != jax.tree.structure(theirs) or jax.tree.leaves(mine) != jax.tree.leaves(theirs):
+            diff = next((f.name for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(run.model, f.name)),
+                        "a parameter shape")
+            raise ConfigError(f"train.init_from={src!r}: model.{diff}={getattr(run.model, diff, None)!r} builds other "
+                              f"parameters than its {getattr(saved, diff, None)!r}; keep its model config")
+        if meta.get("tokenizer") != tokenizer:
+            raise ConfigError(f"train.init_from={src!r} was made with tokenizer {meta.get('tokenizer')}, not this "
+                              f"run's {tokenizer}; use its data.tokenizer")
+        return ck.restore_params(abstract_params, meta["step"])
+
+
+def write_model_run(out: str | Path, params: Any, model: Any, tokenizer: str, enc: Any, source: str) -> RunConfig:
+    """A run folder for a model that was not trained here (an ARPA file, a Hugging Face folder):
+    ``config.json`` and one checkpoint, step 0, of ``params`` with no optimizer state, which
+    ``arlm eval``, ``arlm generate`` and ``arlm train --init-from`` read (``load_run``). Its meta
+    records ``converted_from``: ``source``. ``out`` must be new or empty. -> the run's config."""
+    import jax.numpy as jnp
+    import optax
+
+    from arlm_jax.config import DataConfig, TrainConfig
+    from arlm_jax.data.tokenizer import tokenizer_identity
+    from arlm_jax.train.step import TrainState
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {str(out)!r} exists and is not an empty folder; choose a new one")
+    run = RunConfig(preset=family_of(model).default_preset, model=model,
+                    train=TrainConfig(out_dir=str(out), steps=1), data=DataConfig(tokenizer=tokenizer)).validate()
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optax.identity().init(params))
+    out.mkdir(parents=True, exist_ok=True)
+    with Checkpointer(out, 1) as ck:
+        ck.save(0, state, {"step": 0, "data": {"seed": 0, "next_batch": 0}, "config": to_dict(run),
+                           "tokenizer": tokenizer_identity(enc), "converted_from": source})
+    atomic_write_text(out / "config.json", json.dumps(to_dict(run), indent=1) + "\n")
+    return run
+
+
 def abstract_state(run: RunConfig, mesh: Any = None) -> Any:
     """The train state of ``run`` as ShapeDtypeStructs (nothing allocated), laid out on ``mesh``
     by the rule table when one is given: what a checkpoint restore fills in."""
@@ -138,7 +198,8 @@ def abstract_state(run: RunConfig, mesh: Any = None) -> Any:
 
 
 def load_run(run_dir: str | Path, step: int | None = None, mesh=None) -> tuple[RunConfig, dict, dict]:
-    """(config, params, meta) of a training run's checkpoint (default: the newest).
+    """(config, params, meta) of a training run's checkpoint (default: the newest); only the
+    params are read, not the optimizer state.
 
     The checkpoint's own config is authoritative; the folder's config.json must agree with it
     on every option that shapes the model and its training (``RESUMABLE_CHANGES`` may differ),
@@ -158,8 +219,8 @@ def load_run(run_dir: str | Path, step: int | None = None, mesh=None) -> tuple[R
             raise CheckpointError(f"checkpoint: the config in step {meta['step']} of {str(ck.directory)!r} "
                                   f"is not one this version reads ({err})") from None
         _check_config_json(cfg_path, run)
-        state, meta = ck.restore(abstract_state(run, mesh), meta["step"])
-    return run, state.params, meta
+        params, meta = ck.restore_params(abstract_state(run, mesh).params, meta["step"])
+    return run, params, meta
 
 
 def _check_config_json(path: Path, run: RunConfig) -> None:

@@ -131,6 +131,16 @@ def init_sharded_state(key: Array, cfg: Any, optimizer: optax.GradientTransforma
     return jax.jit(make, out_shardings=shardings)(key)
 
 
+def state_from_params(params: Any, cfg: Any, optimizer: optax.GradientTransformation,
+                      mesh: Mesh) -> TrainState:
+    """A step-0 train state around given params (fitted n-gram tables, or fine-tuning's
+    ``train.init_from``), laid out as ``init_sharded_state`` lays out a fresh one."""
+    make = lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p))  # noqa: E731
+    abstract = jax.eval_shape(make, params)
+    shardings = state_shardings(abstract, family_of(cfg).param_axes(abstract.params), mesh)
+    return jax.jit(make, out_shardings=shardings)(params)
+
+
 def make_eval_step(cfg: Any, *, mesh: Mesh | None = None, **jit_kwargs):
     """A jitted ``eval_step(params, batch) -> {nll_sum, correct, tokens}`` (sums, to combine).
 
