@@ -298,10 +298,10 @@ def _reason(err: BaseException) -> str:
 
 
 def _tree_mismatch(err: BaseException) -> bool:
-    """Whether orbax failed because the requested tree or shapes differ from the saved ones
-    (a config mismatch, not damage)."""
+    """Whether orbax failed because a requested array's shape differs from the saved one (a
+    config mismatch, not damage; a requested leaf that is not saved is caught after the restore)."""
     text = str(err)
-    return any(k in text for k in ("not found in", "does not match", "shape", "Missing", "missing"))
+    return "Requested shape" in text and "stored shape" in text
 
 
 def _corrupt(directory: Path, step: int, err: Exception) -> CorruptCheckpoint:

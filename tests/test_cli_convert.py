@@ -120,6 +120,23 @@ def test_bad_conversions_exit_with_one_line(hf_gpt2, tmp_path, capsys):
             continue
         assert code == 2 and message in err and err.count("\n") == 1, err
 
+    # fine-tuning keeps the source's shapes and tokenizer
+    ft = ["train", "--init-from", tmp_path / "r2", "--data.corpus", corpus, "--train.out_dir", tmp_path / "ft",
+          "--mesh.devices", 1, "--train.steps", 1]
+    from arlm_jax.data.tokenizer import byte_encoding, save_tiktoken
+    other = byte_encoding()
+    other.name = "other-bytes"  # the same ids under another name: another tokenizer identity
+    save_tiktoken(other, tmp_path / "other.tiktoken")
+    for extra, message in ((["--model.d_model", 64], "model.d_model=64 builds other parameters than its 32"),
+                           (["--data.tokenizer", tmp_path / "other.tiktoken"], "was made with tokenizer byte-"),
+                           ([], None)):
+        code = arlm(*ft, *extra, "--model.dropout", 0.2) if message is None else arlm(*ft, *extra)
+        err = capsys.readouterr().err
+        if message is None:  # dropout changes no shape
+            assert code == 0, err
+        else:
+            assert code == 2 and message in err and err.count("\n") == 1, err
+
     # a recurrent run has no HF architecture; a converted run is not resumable
     lstm = tmp_path / "lstm"
     assert arlm("train", "--model.family", "lstm", "--preset", "tiny", "--data.corpus", corpus, "--train.steps", 1,

@@ -113,7 +113,7 @@ def test_export_loads_in_transformers_with_equal_logits(hf_folders, name, tmp_pa
 
 
 ARLM_MODELS = {
-    "gpt2": dict(pos="learned", norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True),
+    "gpt2": dict(pos="learned", norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True, dropout=0.1),
     "gpt2-untied-ff": dict(pos="learned", norm="layernorm", mlp="gelu", bias=True, tie_embeddings=False, d_ff=48),
     "llama-gqa": dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False, n_kv_heads=2,
                       rope_theta=321.0, norm_eps=1e-6),

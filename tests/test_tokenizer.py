@@ -269,3 +269,11 @@ def test_bad_training_arguments():
         tok.train_bpe(["x"], 100)
     with pytest.raises(ConfigError, match="pattern='llama'"):
         tok.train_bpe(["x"], 300, pattern="llama")
+
+
+def test_ids_past_the_tokenizer_decode_as_replacement_characters():
+    """A model's vocabulary may be padded past its tokenizer's (a converted checkpoint, or
+    model.vocab_size set by hand): its samples must still print."""
+    enc = tok.byte_encoding()
+    assert tok.decode(enc, [104, 105, 300, 257, 0xC3]) == "hi\ufffd\ufffd\ufffd"
+    assert tok.token_bytes(enc, [104, 256]) == b"h<|endoftext|>"

@@ -48,23 +48,17 @@ def run(args: jsonargparse.Namespace, source: Source) -> int:
     return _from_hf(args) if args.from_hf else _to_hf(args)
 
 
-def _tokenizer(folder: Path, out: Path, given: str | None, vocab_size: int, model_type: str):
+def _tokenizer(folder: Path, out: Path, given: str | None):
     """(data.tokenizer spec, Encoding, whether the Encoding still has to be written to the spec's
     path) of a converted run, by the rule in the module docstring."""
-    from arlm_jax.convert.hf.tokenizer import encoding_from_tokenizer_json
-    from arlm_jax.data.tokenizer import load_tokenizer
+    from arlm_jax.convert.hf.tokenizer import tokenizer_from_hf
+    from arlm_jax.data.tokenizer import NAMED, load_tokenizer
 
     if given:
         return given, load_tokenizer(given), False
-    if model_type == "gpt2" and vocab_size == 50257:
-        try:
-            return "gpt2", load_tokenizer("gpt2"), False
-        except ConfigError:
-            pass  # offline and uncached: the folder's tokenizer.json holds the same vocabulary
-    if not (folder / "tokenizer.json").is_file():
-        raise ConfigError(f"convert: {str(folder)!r} has no tokenizer.json; give --tokenizer (byte, gpt2, "
-                          f"cl100k_base, o200k_base or a .tiktoken file)")
-    enc = encoding_from_tokenizer_json(folder / "tokenizer.json", name=folder.resolve().name)
+    enc = tokenizer_from_hf(folder)
+    if enc.name in NAMED:  # tiktoken's own gpt2
+        return enc.name, enc, False
     return str(out.resolve() / TOKENIZER_FILE), enc, True
 
 
@@ -72,7 +66,6 @@ def _from_hf(args: jsonargparse.Namespace) -> int:
     import jax
 
     from arlm_jax.convert.hf import from_hf
-    from arlm_jax.convert.hf.files import read_config
     from arlm_jax.data.tokenizer import eot_id, save_tiktoken
     from arlm_jax.train.run_dir import write_model_run
 
@@ -80,7 +73,7 @@ def _from_hf(args: jsonargparse.Namespace) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {args.out!r} exists and is not an empty folder; choose a new one")
     params, cfg = from_hf(folder)
-    spec, enc, write = _tokenizer(folder, out, args.tokenizer, cfg.vocab_size, read_config(folder)["model_type"])
+    spec, enc, write = _tokenizer(folder, out, args.tokenizer)
     if enc.n_vocab > cfg.vocab_size:
         raise ConfigError(f"convert: the tokenizer has {enc.n_vocab} ids but the model's vocab_size is "
                           f"{cfg.vocab_size}; give a --tokenizer that fits")

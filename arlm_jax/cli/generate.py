@@ -104,7 +104,8 @@ class _TextStream:
         self.dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def __call__(self, ids: list[int], final: bool = False) -> str:
-        data = b"".join(self.enc.decode_single_token_bytes(t) for t in ids)
+        from arlm_jax.data.tokenizer import token_bytes
+        data = token_bytes(self.enc, ids)
         return self.dec.decode(data, final=final)
 
 

@@ -243,6 +243,19 @@ def encode_batch(enc: tiktoken.Encoding, texts: list[str]) -> list[list[int]]:
     return enc.encode_ordinary_batch(texts)
 
 
+def token_bytes(enc: tiktoken.Encoding, ids: Iterable[int]) -> bytes:
+    """The bytes of ``ids``; an id the tokenizer does not have (a model whose vocabulary is padded
+    past the tokenizer's, e.g. a converted checkpoint) reads as U+FFFD, not as an error."""
+    out = []
+    for t in ids:
+        try:
+            out.append(enc.decode_single_token_bytes(t))
+        except KeyError:
+            out.append("\ufffd".encode())
+    return b"".join(out)
+
+
 def decode(enc: tiktoken.Encoding, ids: Iterable[int]) -> str:
-    """Text of ``ids``; byte sequences that are not valid UTF-8 become U+FFFD."""
-    return enc.decode(list(ids))
+    """Text of ``ids``; byte sequences that are not valid UTF-8, and ids the tokenizer does not
+    have, become U+FFFD."""
+    return token_bytes(enc, ids).decode("utf-8", errors="replace")

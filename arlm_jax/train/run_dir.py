@@ -147,17 +147,33 @@ def load_init_params(run: RunConfig, abstract_params: Any, tokenizer: str) -> tu
         if saved.family != run.model.family:
             raise ConfigError(f"train.init_from={src!r} holds a model.family={saved.family!r} model, not "
                               f"{run.model.family!r}")
-        mine = jax.eval_shape(lambda: fam.init(jax.random.key(0), run.model))
-        theirs = jax.eval_shape(lambda: fam.init(jax.random.key(0), saved))
-        if jax.tree.structure(mine) != jax.tree.structure(theirs) or jax.tree.leaves(mine) != jax.tree.leaves(theirs):
-            diff = next((f.name for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(run.model, f.name)),
-                        "a parameter shape")
+        if (diff := _shape_field(fam, saved, run.model)) is not None:
             raise ConfigError(f"train.init_from={src!r}: model.{diff}={getattr(run.model, diff, None)!r} builds other "
                               f"parameters than its {getattr(saved, diff, None)!r}; keep its model config")
         if meta.get("tokenizer") != tokenizer:
             raise ConfigError(f"train.init_from={src!r} was made with tokenizer {meta.get('tokenizer')}, not this "
                               f"run's {tokenizer}; use its data.tokenizer")
         return ck.restore_params(abstract_params, meta["step"])
+
+
+def _shape_field(fam: Any, saved: Any, model: Any) -> str | None:
+    """None when ``model`` builds the parameter shapes ``saved`` does; else the first field whose
+    value alone makes them differ (or "family" when no single field does)."""
+    def shapes(cfg: Any) -> tuple:
+        tree = jax.eval_shape(lambda: fam.init(jax.random.key(0), cfg))
+        return jax.tree.structure(tree), [(a.shape, a.dtype) for a in jax.tree.leaves(tree)]
+
+    theirs = shapes(saved)
+    if shapes(model) == theirs:
+        return None
+    for f in dataclasses.fields(saved):
+        if getattr(saved, f.name) != getattr(model, f.name):
+            try:
+                if shapes(dataclasses.replace(saved, **{f.name: getattr(model, f.name)}).validate()) != theirs:
+                    return f.name
+            except ConfigError:
+                return f.name
+    return "family"
 
 
 def write_model_run(out: str | Path, params: Any, model: Any, tokenizer: str, enc: Any, source: str) -> RunConfig:

@@ -3,5 +3,6 @@
 encodings (tokenizer.py)."""
 
 from arlm_jax.convert.hf.api import config_from_hf, from_hf, to_hf
+from arlm_jax.convert.hf.tokenizer import encoding_from_tokenizer_json, tokenizer_from_hf
 
-__all__ = ["config_from_hf", "from_hf", "to_hf"]
+__all__ = ["config_from_hf", "from_hf", "to_hf", "encoding_from_tokenizer_json", "tokenizer_from_hf"]

@@ -37,6 +37,7 @@ def config_from_hf(hf: dict) -> TransformerConfig:
         pos="learned", norm="layernorm", mlp="gelu", bias=True,
         tie_embeddings=field(hf, "tie_word_embeddings", True, kind=bool),
         norm_eps=field(hf, "layer_norm_epsilon", 1e-5, kind=float),
+        dropout=field(hf, "resid_pdrop", 0.0, kind=float),  # applied in training only, as HF's
         init_std=field(hf, "initializer_range", 0.02, kind=float)))
 
 

@@ -135,3 +135,24 @@ def encoding_from_tokenizer_json(path: str | Path, name: str | None = None) -> t
                                  special_tokens=specials)
     except ValueError as err:  # tiktoken checks the pattern and the ranks itself
         raise ConfigError(f"hf tokenizer: tiktoken refused {str(path)!r}: {str(err).splitlines()[0]}") from None
+
+
+def tokenizer_from_hf(folder: str | Path) -> tiktoken.Encoding:
+    """The tokenizer of a HF model folder as a ``tiktoken.Encoding``: tiktoken's own ``gpt2`` for
+    a GPT-2 folder with its 50,257-token vocabulary when that loads (cached, or with network
+    access), else the folder's ``tokenizer.json`` converted (``encoding_from_tokenizer_json``)."""
+    from arlm_jax.convert.hf.files import read_config
+    from arlm_jax.data.tokenizer import load_tokenizer
+
+    folder = Path(folder)
+    hf = read_config(folder)
+    if hf.get("model_type") == "gpt2" and hf.get("vocab_size") == 50257:
+        try:
+            return load_tokenizer("gpt2")
+        except ConfigError:
+            pass  # offline and uncached: the folder's tokenizer.json holds the same vocabulary
+    if not (folder / "tokenizer.json").is_file():
+        raise ConfigError(f"hf tokenizer: {str(folder)!r} has no tokenizer.json; give a tokenizer (byte, gpt2, "
+                          f"cl100k_base, o200k_base or a .tiktoken file: arlm convert --tokenizer SPEC)")
+    # named after the folder, prefixed so that it never takes the name of one of tiktoken's own
+    return encoding_from_tokenizer_json(folder / "tokenizer.json", name=f"hf-{folder.resolve().name}")
