@@ -4,9 +4,15 @@
 
 Both sides run the same GPT-2-architecture model (random weights, perturbed so biases and norms
 are not 0/1) in float32: a 16-token random prompt, 128 new tokens, batch 1 and 8, greedy and
-top-p 0.9 sampling. HF runs ``GPT2LMHeadModel.generate`` (use_cache, min_new_tokens=128) with our
-weights copied in; greedy tokens of both sides are compared after checking that full-sequence
-logits agree. Each side runs in its own process (this script again, with a hidden ``--worker
+top-p 0.9 sampling. HF runs ``generate`` (use_cache, min_new_tokens=128) on our weights, written
+as a HF folder by ``arlm_jax.to_hf`` and loaded with ``AutoModelForCausalLM``; greedy tokens of
+both sides are compared after checking that full-sequence logits agree.
+
+With ``--hf DIR`` both sides decode a real model instead, GPT-2 or LLaMA: ours reads the folder
+with ``arlm_jax.from_hf``, HF's with ``AutoModelForCausalLM`` (docs/huggingface.md shows how to
+download one):
+
+    python experiments/bench_decode.py --hf models/gpt2 --batch 1 8 Each side runs in its own process (this script again, with a hidden ``--worker
 ours`` or ``--worker theirs``: the first never imports torch, the second never imports jax, and
 reads our weights and reference logits from a temporary folder that a "prepare" process wrote),
 so neither side is timed against the other runtime's spinning worker threads. Per model, the
@@ -63,7 +69,7 @@ from alternate import (
     speed_ratios,
     summary,
 )
-from bench_train import gpt2_arch, hf_dims, model_config
+from bench_train import gpt2_arch, model_config
 from results_io import write_result
 
 if TYPE_CHECKING:
@@ -94,8 +100,15 @@ CONFIG_FIELDS = ("vocab_size", "n_layers", "n_heads", "d_model", "ff_dim", "max_
                  "tie_embeddings", "bias", "dtype")
 
 
-def model_names(model: str) -> list[str]:
+def model_names(model: str, args: argparse.Namespace | None = None) -> list[str]:
+    if args is not None and args.hf:
+        return [hf_name(args.hf)]
     return ["small", "gpt2-124m"] if model == "both" else [model]
+
+
+def hf_name(folder: str) -> str:
+    """The model name of ``--hf DIR`` in the JSON and the output file's name."""
+    return "hf-" + (Path(folder).resolve().name or "model")
 
 
 def cases(args: argparse.Namespace) -> list[tuple[int, str]]:
@@ -213,6 +226,23 @@ class Ours:
         return timed(self._decode, self.params, self.cfg, self.state, NEW_TOKENS - 1, self.sampler, (), 0)[0]
 
 
+def our_model(name: str, args: argparse.Namespace, dtype: str = "float32") -> tuple[dict, ModelConfig]:
+    """(params, cfg) of model ``name``: a built-in GPT-2-architecture model with perturbed random
+    weights, or with ``--hf DIR`` the weights of that Hugging Face folder (``arlm_jax.from_hf``)."""
+    import dataclasses
+
+    if args.hf:
+        from arlm_jax.convert.hf import from_hf
+
+        params, cfg = from_hf(args.hf)
+        if cfg.max_len < PROMPT_LEN + NEW_TOKENS:
+            raise SystemExit(f"--hf {args.hf}: its context of {cfg.max_len} tokens is shorter than "
+                             f"{PROMPT_LEN} + {NEW_TOKENS}")
+        return params, dataclasses.replace(cfg, dtype=dtype).validate()
+    cfg = gpt2_arch(model_config(MODELS[name]), dtype)
+    return perturbed_params(cfg), cfg
+
+
 def ours_worker(args: argparse.Namespace) -> dict:
     """Bandwidth, then every case of ``args.model``: compile, then time --repeats calls of each program."""
     import jax
@@ -220,8 +250,7 @@ def ours_worker(args: argparse.Namespace) -> dict:
     from arlm_jax.analysis.flops import param_count
 
     bandwidth = measure_bandwidth()
-    cfg = gpt2_arch(model_config(MODELS[args.model]), args.dtype)
-    params = perturbed_params(cfg)
+    params, cfg = our_model(args.model, args, args.dtype)
     out = []
     for batch, sampler in cases(args):
         ours = Ours(params, cfg, case_prompts(cfg.vocab_size, batch), our_sampler(sampler))
@@ -248,73 +277,37 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def prepare_worker(args: argparse.Namespace) -> dict:
-    """Write, per model, our weights, our logits on ``logit_check_tokens`` and the HF config to --inputs,
-    so that the HF worker never imports jax."""
+    """Write, per model, our logits on ``logit_check_tokens`` and our weights as a Hugging Face
+    folder (``arlm_jax.to_hf``; with ``--hf DIR`` that folder itself serves) to --inputs, so that
+    the HF worker never imports jax."""
     import jax
 
+    from arlm_jax.convert.hf import to_hf
     from arlm_jax.models.transformer.model import forward
 
     inputs, spec = Path(args.inputs), {}
-    for name in model_names(args.model):
-        cfg = gpt2_arch(model_config(MODELS[name]))  # float32: the only dtype compared with HF
-        params = perturbed_params(cfg)
+    for name in model_names(args.model, args):
+        params, cfg = our_model(name, args)  # float32: the only dtype compared with HF
         logits = jax.jit(forward, static_argnames="cfg")(params, logit_check_tokens(cfg.vocab_size), cfg=cfg)[0]
-        save_npz(inputs / f"{name}.params.npz", {"/".join(k.key for k in path): np.asarray(a)
-                                                 for path, a in jax.tree_util.tree_leaves_with_path(params)})
         save_npz(inputs / f"{name}.logits.npz", {"logits": np.asarray(logits)})
-        spec[name] = {"hf": hf_dims(cfg) | {"layer_norm_epsilon": cfg.norm_eps}}
+        folder = Path(args.hf) if args.hf else inputs / name
+        if not args.hf:
+            to_hf(params, cfg, folder)
+        spec[name] = {"folder": str(folder.resolve()), "vocab_size": cfg.vocab_size}
     (inputs / "spec.json").write_text(json.dumps(spec))
     return {"wrote": sorted(p.name for p in inputs.iterdir())}
 
 
-# ---- Hugging Face GPT-2 with our weights ----------------------------------------------------------
-def nested(flat: dict[str, np.ndarray]) -> dict:
-    """{"a/b": leaf} -> {"a": {"b": leaf}}: the parameter tree that prepare_worker flattened."""
-    tree: dict = {}
-    for key, a in flat.items():
-        *parents, leaf = key.split("/")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = a
-    return tree
-
-
-def hf_model(hf: dict, params: dict):
-    """``GPT2LMHeadModel`` of the config fields ``hf`` with our (stacked, numpy) weights copied in."""
+# ---- Hugging Face's model of the same weights --------------------------------------------------------
+def hf_model(folder: str):
+    """``AutoModelForCausalLM`` of a HF folder in float32 (GPT-2 or LLaMA), without an EOS token:
+    ``min_new_tokens`` would mask it, ours does not stop either."""
     import torch
     import transformers
 
     torch.set_num_threads(os.cpu_count())
-    hf_cfg = transformers.GPT2Config(
-        **hf, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=None, eos_token_id=None)  # no EOS: min_new_tokens would mask it, ours doesn't
-    model = transformers.GPT2LMHeadModel(hf_cfg).float().eval()
-
-    def t(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.array(a, np.float32))
-
-    b, D = params["blocks"], hf["n_embd"]
-    a, m = b["attn"], b["mlp"]
-    with torch.no_grad():
-        model.transformer.wte.weight.copy_(t(params["embed"]["tok"]))
-        model.transformer.wpe.weight.copy_(t(params["embed"]["pos"]))
-        model.transformer.ln_f.weight.copy_(t(params["final_norm"]["scale"]))
-        model.transformer.ln_f.bias.copy_(t(params["final_norm"]["bias"]))
-        for l, h in enumerate(model.transformer.h):
-            h.ln_1.weight.copy_(t(b["attn_norm"]["scale"][l]))
-            h.ln_1.bias.copy_(t(b["attn_norm"]["bias"][l]))
-            h.attn.c_attn.weight.copy_(t(np.concatenate([a[w][l].reshape(D, -1) for w in ("wq", "wk", "wv")], 1)))
-            h.attn.c_attn.bias.copy_(t(np.concatenate([a[w][l].reshape(-1) for w in ("bq", "bk", "bv")])))
-            h.attn.c_proj.weight.copy_(t(a["wo"][l].reshape(-1, D)))
-            h.attn.c_proj.bias.copy_(t(a["bo"][l]))
-            h.ln_2.weight.copy_(t(b["mlp_norm"]["scale"][l]))
-            h.ln_2.bias.copy_(t(b["mlp_norm"]["bias"][l]))
-            h.mlp.c_fc.weight.copy_(t(m["w_in"][l]))
-            h.mlp.c_fc.bias.copy_(t(m["b_in"][l]))
-            h.mlp.c_proj.weight.copy_(t(m["w_out"][l]))
-            h.mlp.c_proj.bias.copy_(t(m["b_out"][l]))
-    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr(), "lm_head not tied"
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None
     return model
 
 
@@ -341,20 +334,19 @@ def hf_generate(model, prompts: np.ndarray, sampler: str) -> tuple[float, np.nda
 
 
 def theirs_worker(args: argparse.Namespace) -> dict:
-    """HF GPT-2 with the prepared weights of ``args.model``: the logit check, then every case: one
+    """HF's model of ``args.model``'s weights: the logit check, then every case: one
     warm-up call, then --repeats timed calls."""
     import torch
     import transformers
 
     inputs = Path(args.inputs)
-    hf = json.loads((inputs / "spec.json").read_text())[args.model]["hf"]
-    with np.load(inputs / f"{args.model}.params.npz") as f:
-        model = hf_model(hf, nested(dict(f)))
+    spec = json.loads((inputs / "spec.json").read_text())[args.model]
+    model = hf_model(spec["folder"])
     with np.load(inputs / f"{args.model}.logits.npz") as f:
         diff = max_logit_diff(model, f["logits"])
     out = []
     for batch, sampler in cases(args):
-        prompts = case_prompts(hf["vocab_size"], batch)
+        prompts = case_prompts(spec["vocab_size"], batch)
         hf_generate(model, prompts, sampler)  # warm-up
         times = []
         for _ in range(args.repeats):
@@ -439,8 +431,7 @@ def model_result(name: str, runs: dict[str, list[dict]], bandwidth: float) -> tu
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=[*MODELS, "both"], default="both",
-                    help="both = small and gpt2-124m")
+    ap.add_argument("--model", default="both", help=f"{', '.join(MODELS)} or both (= small and gpt2-124m)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                     help="compute dtype of ours (weights and KV cache); HF is float32")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
@@ -450,11 +441,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None,
                     help="worker processes per side and model, alternating (default 3; 1 with --no-torch)")
     ap.add_argument("--no-torch", action="store_true", help="skip the Hugging Face comparison")
+    ap.add_argument("--hf", default=None, metavar="DIR",
+                    help="decode the weights of this Hugging Face GPT-2 or LLaMA folder (arlm_jax.from_hf on "
+                         "our side, AutoModelForCausalLM on HF's) instead of --model")
     ap.add_argument("--out", default=None)
     args = parse_or_work(ap, WORKERS)
     if args is None:
         return
 
+    if not args.hf and args.model not in (*MODELS, "both"):
+        ap.error(f"--model {args.model!r}: choose {', '.join(MODELS)} or both")
     with_torch = not args.no_torch and importable("torch", "transformers")
     if with_torch and args.dtype != "float32":
         ap.error("--dtype bfloat16 compares against nothing: add --no-torch (the HF side is float32)")
@@ -462,7 +458,7 @@ def main() -> None:
         ap.error("--rounds must be at least 1")
     sides = ["ours", "theirs"] if with_torch else ["ours"]
     rounds = args.rounds or (3 if with_torch else 1)
-    names = model_names(args.model)
+    names = model_names(args.model, args)
     date = datetime.datetime.now().isoformat(timespec="seconds")
     with tempfile.TemporaryDirectory(prefix="bench_decode_") as inputs:
         if with_torch:
@@ -491,7 +487,7 @@ def main() -> None:
         result["torch"] = runs[names[0]]["theirs"][0]["torch"]
     result["targets"] = {f"{c['model']} B{c['batch']} {c['sampler']}: {k}": v
                          for c in result["cases"] for k, v in c.get("targets", {}).items()}
-    write_result(result, args.out, f"bench_decode_{args.model}.json")
+    write_result(result, args.out, f"bench_decode_{names[0] if args.hf else args.model}.json")
 
 
 if __name__ == "__main__":
