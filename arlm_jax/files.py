@@ -43,6 +43,18 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
+def require_new_folder(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a Path, when nothing is there or an empty folder; else a one-line ConfigError
+    (``what`` names the option or function, e.g. "--out"). Writers of whole folders (converted
+    runs, Hugging Face exports) never mix their files with someone else's."""
+    from arlm_jax.errors import ConfigError
+
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ConfigError(f"{what} {str(path)!r} exists and is not an empty folder; choose a new one")
+    return path
+
+
 def sha256_of(path: Path) -> str:
     """The hex SHA-256 of a file's bytes, read in 4 MiB chunks."""
     h = hashlib.sha256()

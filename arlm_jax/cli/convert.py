@@ -21,6 +21,7 @@ import jsonargparse
 
 from arlm_jax.cli.options import Source, new_parser
 from arlm_jax.errors import ConfigError
+from arlm_jax.files import require_new_folder
 
 NAME = "convert"
 HELP = "convert Hugging Face GPT-2 / LLaMA folders to arlm runs and back"
@@ -69,9 +70,7 @@ def _from_hf(args: jsonargparse.Namespace) -> int:
     from arlm_jax.data.tokenizer import eot_id, save_tiktoken
     from arlm_jax.train.run_dir import write_model_run
 
-    folder, out = Path(args.from_hf), Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--out {args.out!r} exists and is not an empty folder; choose a new one")
+    folder, out = Path(args.from_hf), require_new_folder(args.out, "--out")  # before the work
     params, cfg = from_hf(folder)
     spec, enc, write = _tokenizer(folder, out, args.tokenizer)
     if enc.n_vocab > cfg.vocab_size:
@@ -92,24 +91,34 @@ def _from_hf(args: jsonargparse.Namespace) -> int:
     return 0
 
 
+def _special_ids(enc, vocab_size: int, model_type: str) -> dict:
+    """config.json's ``eos_token_id`` (the document end) and ``bos_token_id`` (LLaMA-3's
+    ``<|begin_of_text|>`` or SentencePiece's ``<s>``; GPT-2 starts with its end token)."""
+    from arlm_jax.data.tokenizer import eot_id
+
+    specials = enc._special_tokens
+    out = {"eos_token_id": eot_id(enc)}
+    bos = next((specials[n] for n in ("<|begin_of_text|>", "<s>") if n in specials), None)
+    if bos is None and model_type == "gpt2":
+        bos = out["eos_token_id"]
+    if bos is not None:
+        out["bos_token_id"] = bos
+    return {k: v for k, v in out.items() if v < vocab_size}
+
+
 def _to_hf(args: jsonargparse.Namespace) -> int:
     from arlm_jax.convert.hf import to_hf
     from arlm_jax.convert.hf.api import export_arch
-    from arlm_jax.data.tokenizer import eot_id, load_tokenizer
+    from arlm_jax.data.tokenizer import load_tokenizer
     from arlm_jax.train.run_dir import load_run
 
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--out {args.out!r} exists and is not an empty folder; choose a new one")
+    out = require_new_folder(args.out, "--out")  # before the work
     run, params, meta = load_run(args.to_hf, args.step)
     arch = export_arch(run.model)
-    extra = {}
     try:
-        eot = eot_id(load_tokenizer(run.data.tokenizer))
-        if eot < run.model.vocab_size:
-            extra = {"bos_token_id": eot, "eos_token_id": eot}
+        extra = _special_ids(load_tokenizer(run.data.tokenizer), run.model.vocab_size, arch.model_type)
     except ConfigError:
-        pass  # a tokenizer that does not load here: the ids are left unset
+        extra = {}  # a tokenizer that does not load here: the ids are left unset
     files = to_hf(params, run.model, out, extra_config=extra)
     # a tokenizer converted from HF files (by --from-hf, maybe several fine-tunes ago): its originals
     originals = Path(run.data.tokenizer).parent / HF_TOKENIZER

@@ -23,7 +23,7 @@ import jax
 from arlm_jax.checkpoint import CheckpointError, Checkpointer
 from arlm_jax.config import RunConfig, from_dict, to_dict
 from arlm_jax.errors import ConfigError
-from arlm_jax.files import atomic_write_text
+from arlm_jax.files import atomic_write_text, require_new_folder
 from arlm_jax.models import family_of
 from arlm_jax.parallel.shardings import abstract_with_shardings
 from arlm_jax.train.optim import make_optimizer
@@ -188,9 +188,7 @@ def write_model_run(out: str | Path, params: Any, model: Any, tokenizer: str, en
     from arlm_jax.data.tokenizer import tokenizer_identity
     from arlm_jax.train.step import TrainState
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--out {str(out)!r} exists and is not an empty folder; choose a new one")
+    out = require_new_folder(out, "--out")
     run = RunConfig(preset=family_of(model).default_preset, model=model,
                     train=TrainConfig(out_dir=str(out), steps=1), data=DataConfig(tokenizer=tokenizer)).validate()
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optax.identity().init(params))

@@ -21,7 +21,7 @@ from arlm_jax.convert.hf import gpt2, llama
 from arlm_jax.convert.hf.common import Arch
 from arlm_jax.convert.hf.files import Tensors, read_config, write_tensors
 from arlm_jax.errors import ConfigError
-from arlm_jax.files import atomic_write_text
+from arlm_jax.files import atomic_write_text, require_new_folder
 from arlm_jax.models.transformer.config import TransformerConfig
 
 ARCHS: dict[str, Arch] = {a.model_type: a for a in (gpt2.ARCH, llama.ARCH)}
@@ -99,9 +99,7 @@ def to_hf(params: dict, cfg: Any, path: str | Path, *, max_shard_bytes: int = MA
     ``AutoModelForCausalLM.from_pretrained`` loads. ``extra_config``: more config.json fields
     (e.g. ``eos_token_id``). -> the files written. The folder must be new or empty."""
     arch = export_arch(cfg)
-    path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise ConfigError(f"to_hf: {str(path)!r} exists and is not an empty folder; choose a new one")
+    path = require_new_folder(path, "to_hf:")
     tensors = arch.params_to_hf(jax_to_numpy(params), cfg)
     hf = arch.config_to_hf(cfg) | {"dtype": "float32"} | (extra_config or {})
     path.mkdir(parents=True, exist_ok=True)
