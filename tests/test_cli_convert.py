@@ -150,3 +150,18 @@ def test_bad_conversions_exit_with_one_line(hf_gpt2, tmp_path, capsys):
     assert arlm("train", "--config", tmp_path / "r2" / "config.json", "--resume", "--data.corpus", corpus,
                 "--mesh.devices", 1) == 2
     assert "holds a converted model" in capsys.readouterr().err
+
+
+def test_conversion_needs_no_torch(hf_gpt2, tmp_path):
+    """Both directions run in a process where torch, transformers and tokenizers cannot import."""
+    import subprocess
+    import sys
+    root = hf_gpt2[0]
+    code = ("import sys\n"
+            "for m in ('torch', 'transformers', 'tokenizers'): sys.modules[m] = None\n"
+            "from arlm_jax.cli.main import main\n"
+            f"assert main(['convert', '--from-hf', {str(root / 'hf')!r}, '--out', {str(tmp_path / 'run')!r}]) == 0\n"
+            f"assert main(['convert', '--to-hf', {str(tmp_path / 'run')!r}, '--out', {str(tmp_path / 'back')!r}]) == 0\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "back" / "model.safetensors").is_file() and (tmp_path / "back" / "tokenizer.json").is_file()
