@@ -316,11 +316,12 @@ def finish(r: OpenRun, state: TrainState) -> TrainResult:
             prompt = prompt[-ctx:]  # past the context the window slides (decode/window.py)
         greedy = tc.sample_temperature == 0.0
         sampler = None if greedy else Sampler(temperature=tc.sample_temperature, top_p=tc.sample_top_p)
+        end = eot_id(r.enc)  # the sample ends where a document would
         with jax.set_mesh(r.mesh):  # the params stay where they are; the state follows them
             gen = generate(state.params, cfg, [prompt], jax.random.key(tc.seed), max_new_tokens=tc.sample_tokens,
-                           sampler=sampler)
+                           sampler=sampler, stop=[[end]])
         tokens, length = to_host(gen.tokens)[0], int(to_host(gen.lengths)[0])
-        sample = tc.sample_prompt + decode(r.enc, tokens[:length].tolist())
+        sample = tc.sample_prompt + decode(r.enc, [t for t in tokens[:length].tolist() if t != end])
         how = "greedy" if greedy else f"temperature {tc.sample_temperature:g}, top-p {tc.sample_top_p:g}"
         r.say(f"sample ({how}):\n{sample}")
     return TrainResult(state=state, val=final, sample=sample, start_step=r.start, run=r.run)
