@@ -129,6 +129,8 @@ def test_bad_conversions_exit_with_one_line(hf_gpt2, tmp_path, capsys):
     save_tiktoken(other, tmp_path / "other.tiktoken")
     for extra, message in ((["--model.d_model", 64], "model.d_model=64 builds other parameters than its 32"),
                            (["--data.tokenizer", tmp_path / "other.tiktoken"], "was made with tokenizer byte-"),
+                           (["--model.family", "lstm"], f"but --init-from={str(tmp_path / 'r2')!r} holds a model of "
+                                                        f"family 'transformer'"),
                            ([], None)):
         code = arlm(*ft, *extra, "--model.dropout", 0.2) if message is None else arlm(*ft, *extra)
         err = capsys.readouterr().err

@@ -70,14 +70,17 @@ def first_pass(argv: list[str], config_options: bool = True) -> Source:
         found = {}
     path = found.get("config")
     file = read_config_file(path) if path else {}
+    holder = f"--config={path!r}"  # what the model section came from, for the error below
     if found.get("init-from"):  # its model and tokenizer, under the config file and the options
         base = init_from_sections(found["init-from"])
+        if "family" not in file.get("model", {}):
+            holder = f"--init-from={found['init-from']!r}"
         file = {**base, **file, "model": {**base["model"], **file.get("model", {})},
                 "data": {**base["data"], **file.get("data", {})}}
     in_file = file.get("model", {})
     name = found.get("model.family") or in_file.get("family") or RunConfig().model.family
     if in_file.get("family", name) != name:
-        raise ConfigError(f"--model.family={name!r}, but --config={path!r} holds a model of family "
+        raise ConfigError(f"--model.family={name!r}, but {holder} holds a model of family "
                           f"{in_file['family']!r}; give one of them")
     family = get_family(name)
     preset = found.get("preset") or file.get("preset") or family.default_preset
