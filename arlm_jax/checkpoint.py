@@ -150,6 +150,13 @@ class Checkpointer:
                                   f"choose one of {', '.join(map(str, sorted(steps)))}")
         return step
 
+    def _intact_step(self, step: int | None) -> int:
+        """``step`` (default: the newest), which must pass its manifest check."""
+        step = self._step(step)
+        if why := check_manifest(self.step_dir(step)):
+            raise CorruptCheckpoint(f"checkpoint: step {step} in {str(self.directory)!r} is corrupt ({why})")
+        return step
+
     def read_meta(self, step: int | None = None) -> dict:
         """The JSON meta of ``step`` (default: the newest)."""
         step = self._step(step)
@@ -164,13 +171,8 @@ class Checkpointer:
         (a pytree of ``jax.ShapeDtypeStruct``, e.g. from ``jax.eval_shape``): each goes where its
         sharding says (``parallel.shardings.abstract_with_shardings``: any mesh, whatever mesh saved it),
         or onto the default device when it has none."""
-        step = self._step(step)
-        if why := check_manifest(self.step_dir(step)):
-            raise CorruptCheckpoint(f"checkpoint: step {step} in {str(self.directory)!r} is corrupt ({why})")
-        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract_state = jax.tree.map(
-            lambda a: a if getattr(a, "sharding", None) is not None
-            else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), abstract_state)
+        step = self._intact_step(step)
+        abstract_state = _placed(abstract_state)
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
@@ -187,13 +189,8 @@ class Checkpointer:
         """(params, meta) of ``step`` (default: the newest): only the state's ``params`` are
         read, laid out as ``abstract_params`` (as in ``restore``), whatever optimizer state the
         step holds. Evaluation, decoding and fine-tuning (``train.init_from``) need no more."""
-        step = self._step(step)
-        if why := check_manifest(self.step_dir(step)):
-            raise CorruptCheckpoint(f"checkpoint: step {step} in {str(self.directory)!r} is corrupt ({why})")
-        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = {"params": jax.tree.map(
-            lambda a: a if getattr(a, "sharding", None) is not None
-            else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), abstract_params)}
+        step = self._intact_step(step)
+        target = {"params": _placed(abstract_params)}
         restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), target)
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(
@@ -295,6 +292,13 @@ def _reason(err: BaseException) -> str:
         e = e.__cause__ or e.__context__
     text = str(deepest).strip()
     return f"{type(deepest).__name__}: {text.splitlines()[0][:200]}" if text else type(deepest).__name__
+
+
+def _placed(abstract: Any) -> Any:
+    """``abstract`` with every leaf that has no sharding put on the first local device."""
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda a: a if getattr(a, "sharding", None) is not None
+                        else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), abstract)
 
 
 def _tree_mismatch(err: BaseException) -> bool:

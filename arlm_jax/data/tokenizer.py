@@ -258,4 +258,8 @@ def token_bytes(enc: tiktoken.Encoding, ids: Iterable[int]) -> bytes:
 def decode(enc: tiktoken.Encoding, ids: Iterable[int]) -> str:
     """Text of ``ids``; byte sequences that are not valid UTF-8, and ids the tokenizer does not
     have, become U+FFFD."""
-    return token_bytes(enc, ids).decode("utf-8", errors="replace")
+    ids = list(ids)
+    try:
+        return enc.decode(ids)  # tiktoken's Rust decode
+    except KeyError:
+        return token_bytes(enc, ids).decode("utf-8", errors="replace")

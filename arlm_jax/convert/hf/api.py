@@ -58,7 +58,8 @@ def from_hf(path: str | Path) -> tuple[dict, TransformerConfig]:
     if extra := tensors.unused(arch.ignorable):
         more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
         raise ConfigError(f"hf: tensor {extra[0]!r}{more} in {str(path)!r} is not part of the model its "
-                          f"config.json describes ({arch.architecture}, {_describe(cfg)})")
+                          f"config.json describes ({arch.architecture}, bias={cfg.bias}, "
+                          f"tie_embeddings={cfg.tie_embeddings}, n_layers={cfg.n_layers})")
     return _to_jax(params), cfg
 
 
@@ -66,10 +67,6 @@ def _to_jax(tree: Any) -> Any:
     if isinstance(tree, dict):
         return {k: _to_jax(v) for k, v in tree.items()}
     return jnp.asarray(tree, jnp.float32)
-
-
-def _describe(cfg: TransformerConfig) -> str:
-    return (f"bias={cfg.bias}, tie_embeddings={cfg.tie_embeddings}, n_layers={cfg.n_layers}")
 
 
 def export_arch(cfg: Any) -> Arch:

@@ -24,7 +24,7 @@ class Arch:
     ignorable: tuple[str, ...]  # tensor-name endings that are buffers, not weights
     exportable: Callable[[TransformerConfig], list[str]]  # the fields that rule it out ([] = ok)
     config_to_hf: Callable[[TransformerConfig], dict]
-    params_to_hf: Callable[[dict, TransformerConfig], dict[str, np.ndarray]]
+    params_to_hf: Callable[[dict, TransformerConfig], dict[str, np.ndarray]]  # numpy float32 params in
 
 
 def field(hf: dict, name: str, default: Any = ..., *, kind: type | tuple = (int,)) -> Any:

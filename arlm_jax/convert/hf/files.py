@@ -66,7 +66,7 @@ class Tensors:
         for path in sorted(set(self.where.values())):
             if not path.is_file():
                 raise ConfigError(f"hf: {str(path)!r}, named in {INDEX}, does not exist")
-        self._handles: dict[Path, object] = {}
+        self._handles: dict[tuple[Path, str], object] = {}
         self.used: set[str] = set()
 
     def _names(self, path: Path) -> list[str]:
@@ -75,6 +75,12 @@ class Tensors:
                 return list(f.keys())
         except Exception as err:  # safetensors raises its own error types for a damaged file
             raise ConfigError(f"hf: {str(path)!r} is not a readable safetensors file ({err})") from None
+
+    def _handle(self, path: Path, framework: str):
+        """The open (memory-mapped) file ``path``, read as ``framework``'s arrays; opened once."""
+        if (path, framework) not in self._handles:
+            self._handles[path, framework] = self._open(str(path), framework=framework)
+        return self._handles[path, framework]
 
     def __contains__(self, name: str) -> bool:
         return name in self.where
@@ -87,18 +93,13 @@ class Tensors:
                               f"implies it)")
         path = self.where[name]
         try:
-            if path not in self._handles:  # memory-mapped; read tensor by tensor
-                self._handles[path] = self._open(str(path), framework="np")
-            f = self._handles[path]
-            got = tuple(f.get_slice(name).get_shape())
+            info = self._handle(path, "np").get_slice(name)
+            got = tuple(info.get_shape())
             if got != tuple(shape):
                 raise ConfigError(f"hf: tensor {name!r} in {str(path)!r} has shape {got}; its config.json "
                                   f"implies {tuple(shape)}")
-            if f.get_slice(name).get_dtype() == "BF16":  # numpy has no bfloat16; jax's arrays do
-                with self._open(str(path), framework="flax") as fj:
-                    array = np.asarray(fj.get_tensor(name), np.float32)
-            else:
-                array = np.asarray(f.get_tensor(name), np.float32)
+            framework = "flax" if info.get_dtype() == "BF16" else "np"  # numpy has no bfloat16; jax has
+            array = np.asarray(self._handle(path, framework).get_tensor(name), np.float32)
         except ConfigError:
             raise
         except Exception as err:

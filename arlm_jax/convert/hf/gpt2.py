@@ -93,16 +93,16 @@ def config_to_hf(cfg: TransformerConfig) -> dict:
 
 def params_to_hf(params: dict, cfg: TransformerConfig) -> dict[str, np.ndarray]:
     L, D, F = cfg.n_layers, cfg.d_model, cfg.ff_dim
-    b = {k: {n: np.asarray(a, np.float32) for n, a in v.items()} for k, v in params["blocks"].items()}
+    b = params["blocks"]
     zeros = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
     a, m = b["attn"], b["mlp"]
     qkv = np.concatenate([a[w].reshape(L, D, D) for w in ("wq", "wk", "wv")], axis=-1)
     qkv_b = (np.concatenate([a[w].reshape(L, D) for w in ("bq", "bk", "bv")], axis=-1) if "bq" in a
              else zeros(L, 3 * D))
-    out = {"transformer.wte.weight": np.asarray(params["embed"]["tok"], np.float32),
-           "transformer.wpe.weight": np.asarray(params["embed"]["pos"], np.float32),
-           "transformer.ln_f.weight": np.asarray(params["final_norm"]["scale"], np.float32),
-           "transformer.ln_f.bias": np.asarray(params["final_norm"].get("bias", zeros(D)), np.float32)}
+    out = {"transformer.wte.weight": params["embed"]["tok"],
+           "transformer.wpe.weight": params["embed"]["pos"],
+           "transformer.ln_f.weight": params["final_norm"]["scale"],
+           "transformer.ln_f.bias": params["final_norm"].get("bias", zeros(D))}
     for i in range(L):
         h = f"transformer.h.{i}."
         out |= {h + "ln_1.weight": b["attn_norm"]["scale"][i],
@@ -116,7 +116,7 @@ def params_to_hf(params: dict, cfg: TransformerConfig) -> dict[str, np.ndarray]:
                 h + "mlp.c_proj.weight": m["w_out"][i],
                 h + "mlp.c_proj.bias": m["b_out"][i] if "b_out" in m else zeros(D)}
     if not cfg.tie_embeddings:
-        out["lm_head.weight"] = np.asarray(params["lm_head"]["w"], np.float32).T
+        out["lm_head.weight"] = params["lm_head"]["w"].T
     return out
 
 

@@ -118,10 +118,10 @@ def config_to_hf(cfg: TransformerConfig) -> dict:
 
 def params_to_hf(params: dict, cfg: TransformerConfig) -> dict[str, np.ndarray]:
     L, D = cfg.n_layers, cfg.d_model
-    b = {k: {n: np.asarray(a, np.float32) for n, a in v.items()} for k, v in params["blocks"].items()}
+    b = params["blocks"]
     a, m = b["attn"], b["mlp"]
-    out = {"model.embed_tokens.weight": np.asarray(params["embed"]["tok"], np.float32),
-           "model.norm.weight": np.asarray(params["final_norm"]["scale"], np.float32)}
+    out = {"model.embed_tokens.weight": params["embed"]["tok"],
+           "model.norm.weight": params["final_norm"]["scale"]}
     for i in range(L):
         h = f"model.layers.{i}."
         out |= {h + "input_layernorm.weight": b["attn_norm"]["scale"][i],
@@ -136,7 +136,7 @@ def params_to_hf(params: dict, cfg: TransformerConfig) -> dict[str, np.ndarray]:
                 out[h + f"self_attn.{proj}.bias"] = a[w][i].reshape(-1)
             out[h + "self_attn.o_proj.bias"] = a["bo"][i]
     if not cfg.tie_embeddings:
-        out["lm_head.weight"] = np.asarray(params["lm_head"]["w"], np.float32).T
+        out["lm_head.weight"] = params["lm_head"]["w"].T
     return out
 
 
