@@ -156,6 +156,33 @@ def test_the_stacked_model_equals_numpy(family, tied):
     np.testing.assert_allclose(np.asarray(logits), np_forward(params, tokens, cfg), rtol=0, atol=2e-5)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_first_layers_table_of_input_sides_equals_the_row_by_row_matmul(family, monkeypatch):
+    """With fewer token ids than tokens in the batch, the first layer's x W_i + b is looked up
+    from a [V, G*H] table: logits and every parameter's gradient equal the B*T-row matmul's.
+    Dropout on the embeddings turns the table off (its mask differs per token)."""
+    from arlm_jax.models.rnn import model
+
+    cfg = _cfg(family, n_layers=2, tie_embeddings=False)
+    params = A.init(jax.random.key(5), cfg)
+    params = {**params, "embed": 20.0 * params["embed"]}
+    tokens = jax.random.randint(jax.random.key(6), (4, 24), 0, cfg.vocab_size)  # 96 tokens, 64 ids
+    assert model._input_by_table(cfg, tokens, None)
+    assert not model._input_by_table(cfg, tokens[:1, :8], None)
+    assert not model._input_by_table(dataclasses.replace(cfg, dropout=0.1), tokens, jax.random.key(0))
+
+    def loss(p):
+        logits = A.forward(p, tokens, cfg)[0]
+        return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[..., 3]), logits
+
+    (fast_loss, fast_logits), fast = jax.value_and_grad(loss, has_aux=True)(params)
+    monkeypatch.setattr(model, "_input_by_table", lambda *a: False)
+    (slow_loss, slow_logits), slow = jax.value_and_grad(loss, has_aux=True)(params)
+    np.testing.assert_allclose(np.asarray(fast_logits), np.asarray(slow_logits), rtol=0, atol=2e-5)
+    for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(fast), jax.tree.leaves(slow)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6, err_msg=str(path))
+
+
 # ---- training --------------------------------------------------------------------------------
 def test_a_loss_at_the_last_position_reaches_the_first_token():
     """Backpropagation through 128 steps: the first token's embedding (untied, so it is only an

@@ -48,12 +48,25 @@ def elman(p: dict, carry: Carry, xw: Array, hw: Array) -> Carry:
     return (jnp.tanh(xw + hw),)
 
 
+def lstm_gates(z: Array) -> Array:
+    """The LSTM's pre-activations z = xw + hw [B, 4H] -> its gates [B, 4, H]: sigmoid(i),
+    sigmoid(f), tanh(g), sigmoid(o). One elementwise pass over all four: tanh(g) is computed as
+    2 sigmoid(2g) - 1 (the same function), so XLA:CPU emits one loop instead of four slices."""
+    z4 = z.reshape(*z.shape[:-1], 4, -1)
+    is_g = (jnp.arange(4) == 2)[:, None]
+    s = jax.nn.sigmoid(jnp.where(is_g, 2.0 * z4, z4))
+    return jnp.where(is_g, 2.0 * s - 1.0, s)
+
+
+def _lstm_update(gates: Array, c: Array) -> Carry:
+    """gates [B, 4, H], c [B, H] -> (h', c')."""
+    c = gates[..., 1, :] * c + gates[..., 0, :] * gates[..., 2, :]
+    return gates[..., 3, :] * jnp.tanh(c), c
+
+
 def lstm(p: dict, carry: Carry, xw: Array, hw: Array) -> Carry:
     """LSTM: carry (h, c) [B, H] each, xw and hw [B, 4H] -> (h', c')."""
-    _, c = carry
-    i, f, g, o = jnp.split(xw + hw, 4, axis=-1)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    return jax.nn.sigmoid(o) * jnp.tanh(c), c
+    return _lstm_update(lstm_gates(xw + hw), carry[1])
 
 
 def gru(p: dict, carry: Carry, xw: Array, hw: Array) -> Carry:
@@ -79,10 +92,12 @@ def _extra(p: dict) -> dict:
     return {k: v for k, v in p.items() if k not in ("w_i", "w_h", "b")}
 
 
-def _input_side(p: dict, x: Array) -> Array:
-    """x [T, B, I] -> x W_i + b, float32 [T, B, G*H]: the input side of all steps, one matmul."""
-    t, b, _ = x.shape
-    return (jnp.dot(x.reshape(t * b, -1), p["w_i"], preferred_element_type=jnp.float32) + p["b"]).reshape(t, b, -1)
+def input_side(p: dict, x: Array) -> Array:
+    """x [..., I] -> x W_i + b, float32 [..., G*H]: the input side of every step, one matmul
+    (x [T, B, I] for a layer's whole input, or [V, I] for a table of every token's)."""
+    lead = x.shape[:-1]
+    flat = x.reshape(-1, x.shape[-1])
+    return (jnp.dot(flat, p["w_i"], preferred_element_type=jnp.float32) + p["b"]).reshape(*lead, -1)
 
 
 def zero_carry(kind: str, batch: int, hidden: int) -> Carry:
@@ -91,16 +106,23 @@ def zero_carry(kind: str, batch: int, hidden: int) -> Carry:
 
 def layer(kind: str, p: dict, x: Array, carry: Carry, valid: Array | None = None, unroll: int = 1
           ) -> tuple[Carry, Carry]:
-    """Run one recurrent layer over time.
+    """Run one recurrent layer over time: x [T, B, I] (time-major) in the compute dtype; the
+    rest as ``recur``."""
+    return recur(kind, p, input_side(p, x), carry, valid, unroll)
 
-    x [T, B, I] (time-major) in the compute dtype; carry: the carry before the first step;
-    valid bool [T, B] or None: where False, a row's carry is held instead of updated (ragged
-    prompts: the carry stays the one after the row's last real token).
+
+def recur(kind: str, p: dict, xw: Array, carry: Carry, valid: Array | None = None, unroll: int = 1
+          ) -> tuple[Carry, Carry]:
+    """Run one recurrent layer's time loop from its input side.
+
+    xw float32 [T, B, G*H]: x_t W_i + b for every step (``input_side``, or rows of a table of
+    it); carry: the carry before the first step; valid bool [T, B] or None: where False, a
+    row's carry is held instead of updated (ragged prompts: the carry stays the one after the
+    row's last real token).
     -> (the final carry, the carry after every step: a tuple of [T, B, H]).
     Without ``valid`` the time loop is ``recurrence`` (its backward pass batches the weight
     gradients over time); with it, a plain scan (prefill, never differentiated).
     """
-    xw = _input_side(p, x)
     if valid is None:
         ys = recurrence(kind, unroll, xw, p["w_h"], _extra(p), carry)
         return tuple(y[-1] for y in ys), ys
@@ -117,7 +139,7 @@ def scan_layer(kind: str, p: dict, x: Array, carry: Carry, unroll: int = 1) -> C
     """The slow twin of ``layer`` without ``valid``: one plain ``lax.scan`` of ``step``, left to
     autodiff. -> the carry after every step."""
     step_ = lambda c, xw_t: (step(kind, p, c, xw_t),) * 2  # noqa: E731
-    return jax.lax.scan(step_, carry, _input_side(p, x), unroll=unroll)[1]
+    return jax.lax.scan(step_, carry, input_side(p, x), unroll=unroll)[1]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -134,39 +156,89 @@ def recurrence(kind: str, unroll: int, xw: Array, w_h: Array, extra: dict, carry
     return _recurrence_fwd(kind, unroll, xw, w_h, extra, carry)[0]
 
 
+# ---- the training pair of each cell: one step forward keeping what its backward needs, and
+# that step backward. Each step's cotangents come out as one [B, G*H] array where the cell reads
+# only xw + hw (Elman, LSTM): d(xw) = d(hw), so a single array is stacked over time and feeds both
+# weight gradients. The LSTM keeps its four gate activations, so its backward step evaluates no
+# sigmoid or tanh but tanh(c'), in one elementwise expression over [B, 4, H]. The GRU's pair is
+# autodiff of its cell. Each is checked against autodiff of ``scan_layer`` (tests/test_rnn.py).
+# fwd(extra, carry, xw, hw) -> (carry', kept)
+# bwd(extra, kept, carry, carry', d carry') -> (d extra, d carry by the direct path, d xw, d hw or None)
+def _elman_fwd(extra: dict, carry: Carry, xw: Array, hw: Array) -> tuple[Carry, tuple]:
+    return elman(extra, carry, xw, hw), ()
+
+
+def _elman_bwd(extra: dict, kept: tuple, carry: Carry, new: Carry, d_new: Carry) -> tuple:
+    (h,), (dh,) = new, d_new
+    return {}, (jnp.zeros_like(dh),), dh * (1.0 - h * h), None
+
+
+def _lstm_fwd(extra: dict, carry: Carry, xw: Array, hw: Array) -> tuple[Carry, Array]:
+    gates = lstm_gates(xw + hw)
+    return _lstm_update(gates, carry[1]), gates
+
+
+def _lstm_bwd(extra: dict, gates: Array, carry: Carry, new: Carry, d_new: Carry) -> tuple:
+    """gates [B, 4, H] (i, f, g, o activated), carry (h, c) before the step, new (h', c') after,
+    d_new their cotangents -> d of the pre-activations [B, 4H] (and the cell state's, c)."""
+    (_, c), (_, c_new), (dh, dc) = carry, new, d_new
+    i, f, g, o = (gates[..., k, :] for k in range(4))
+    tc = jnp.tanh(c_new)
+    dc = dc + dh * o * (1.0 - tc * tc)
+    upstream = jnp.stack([dc, dc, dc, dh], axis=-2)  # what multiplies each gate in c', h'
+    partner = jnp.stack([g, c, i, tc], axis=-2)
+    is_g = (jnp.arange(4) == 2)[:, None]
+    slope = jnp.where(is_g, 1.0 - gates * gates, gates * (1.0 - gates))  # tanh' or sigmoid'
+    dz = (upstream * partner * slope).reshape(*dh.shape[:-1], -1)
+    return {}, (jnp.zeros_like(dh), dc * f), dz, None
+
+
+def _autodiff_pair(cell: Callable) -> tuple[Callable, Callable]:
+    def fwd(extra: dict, carry: Carry, xw: Array, hw: Array) -> tuple[Carry, tuple]:
+        return cell(extra, carry, xw, hw), (xw, hw)
+
+    def bwd(extra: dict, kept: tuple, carry: Carry, new: Carry, d_new: Carry) -> tuple:
+        return jax.vjp(cell, extra, carry, *kept)[1](d_new)
+
+    return fwd, bwd
+
+
+PAIRS = {"rnn": (_elman_fwd, _elman_bwd), "lstm": (_lstm_fwd, _lstm_bwd), "gru": _autodiff_pair(gru)}
+
+
 def _recurrence_fwd(kind: str, unroll: int, xw: Array, w_h: Array, extra: dict, carry: Carry):
-    cell = CELLS[kind]
+    fwd = PAIRS[kind][0]
 
     def body(c: Carry, xw_t: Array) -> tuple[Carry, tuple]:
-        hw = _recurrent(c[0], w_h)
-        new = cell(extra, c, xw_t, hw)
-        return new, (new, hw)
+        new, kept = fwd(extra, c, xw_t, _recurrent(c[0], w_h))
+        return new, (new, kept)
 
-    _, (ys, hws) = jax.lax.scan(body, carry, xw, unroll=unroll)
-    return ys, (xw, w_h, extra, carry, ys, hws)
+    _, (ys, kept) = jax.lax.scan(body, carry, xw, unroll=unroll)
+    return ys, (w_h, extra, carry, ys, kept)
 
 
 def _recurrence_bwd(kind: str, unroll: int, res: tuple, ct: Carry):
-    xw, w_h, extra, carry, ys, hws = res
-    cell = CELLS[kind]
+    w_h, extra, carry, ys, kept = res
+    bwd = PAIRS[kind][1]
     before = tuple(jnp.concatenate([c0[None], y[:-1]]) for c0, y in zip(carry, ys))  # carry before each step
     w_t = w_h.T
 
-    def body(acc: tuple, inp: tuple) -> tuple[tuple, tuple]:
+    def body(acc: tuple, inp: tuple) -> tuple[tuple, Array | tuple]:
         d_carry, d_extra = acc
-        c_t, xw_t, hw_t, ct_t = inp
+        c_t, new_t, kept_t, ct_t = inp
         d_new = tuple(a + b for a, b in zip(d_carry, ct_t))
-        _, vjp = jax.vjp(cell, extra, c_t, xw_t, hw_t)
-        de, dc, dxw, dhw = vjp(d_new)
-        dh = dc[0] + jnp.dot(dhw.astype(w_h.dtype), w_t, preferred_element_type=jnp.float32)
-        return ((dh,) + tuple(dc[1:]), jax.tree.map(jnp.add, d_extra, de)), (dxw, dhw)
+        de, dc, dxw, dhw = bwd(extra, kept_t, c_t, new_t, d_new)
+        d_rec = dxw if dhw is None else dhw
+        dh = dc[0] + jnp.dot(d_rec.astype(w_h.dtype), w_t, preferred_element_type=jnp.float32)
+        return ((dh,) + tuple(dc[1:]), jax.tree.map(jnp.add, d_extra, de)), (dxw if dhw is None else (dxw, dhw))
 
     zeros = (tuple(jnp.zeros_like(c) for c in carry), jax.tree.map(jnp.zeros_like, extra))
-    (d_carry, d_extra), (dxw, dhw) = jax.lax.scan(body, zeros, (before, xw, hws, ct), reverse=True, unroll=unroll)
+    (d_carry, d_extra), d_pre = jax.lax.scan(body, zeros, (before, ys, kept, ct), reverse=True, unroll=unroll)
+    dxw, dhw = d_pre if isinstance(d_pre, tuple) else (d_pre, d_pre)
     t, b, h = before[0].shape
     h_before = before[0].reshape(t * b, h).astype(w_h.dtype)
     dw_h = jnp.dot(h_before.T, dhw.reshape(t * b, -1).astype(w_h.dtype), preferred_element_type=jnp.float32)
-    return dxw.astype(xw.dtype), dw_h.astype(w_h.dtype), d_extra, d_carry
+    return dxw, dw_h.astype(w_h.dtype), d_extra, d_carry
 
 
 recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)

@@ -126,6 +126,15 @@ def _drop(x: Array, rate: float, key: Array | None, locked: bool) -> Array:
     return shared.dropout(x, rate, key, (1,) + x.shape[1:] if locked else None)
 
 
+def _input_by_table(cfg: RecurrentConfig, tokens: Array, embed_key: Array | None) -> bool:
+    """Whether the first layer's input side, embed[token] W_i + b, is cheaper as rows of a table
+    computed for every token id: when the vocabulary has fewer ids than the batch has tokens (a
+    byte vocabulary: 257 rows of matmul instead of B*T) and no dropout falls on the embeddings.
+    The same values either way; the backward pass then sums the cotangents per id (a
+    scatter-add) before two small matmuls."""
+    return cfg.vocab_size < tokens.size and (embed_key is None or cfg.dropout == 0.0)
+
+
 def _layers(params: dict, tokens: Array, cfg: RecurrentConfig, carries: list[cells.Carry],
             valid: Array | None, dropout_key: Array | None) -> tuple[Array, list[cells.Carry]]:
     """tokens int32 [B, T] -> (the last layer's output, time-major [T, B, H_last], and each
@@ -134,16 +143,22 @@ def _layers(params: dict, tokens: Array, cfg: RecurrentConfig, carries: list[cel
     n = cfg.n_layers
     keys = [None] * (2 * n + 1) if dropout_key is None else list(jax.random.split(dropout_key, 2 * n + 1))
     embed = constrain(params["embed"], (None, None))
-    x = jnp.take(embed, tokens.T, axis=0).astype(dtype)  # [T, B, E]
-    x = constrain(x, (None, "batch", "act_embed"))
-    x = _drop(x, cfg.dropout, keys[0], cfg.locked_dropout)
+    by_table = _input_by_table(cfg, tokens, keys[0])
+    if not by_table:
+        x = jnp.take(embed, tokens.T, axis=0).astype(dtype)  # [T, B, E]
+        x = constrain(x, (None, "batch", "act_embed"))
+        x = _drop(x, cfg.dropout, keys[0], cfg.locked_dropout)
     out = []
     for i, p in enumerate(params["layers"]):
         w_h = p["w_h"]
         if keys[n + 1 + i] is not None and cfg.weight_drop > 0.0:
             w_h = shared.dropout(w_h, cfg.weight_drop, keys[n + 1 + i])
         p = {**p, "w_i": p["w_i"].astype(dtype), "w_h": w_h.astype(dtype)}
-        _, ys = cells.layer(cfg.family, p, x, carries[i], valid, cfg.unroll)
+        if i == 0 and by_table:  # the input side of every token id once [V, G*H], then its rows
+            xw = jnp.take(cells.input_side(p, embed.astype(dtype)), tokens.T, axis=0)  # [T, B, G*H]
+        else:
+            xw = cells.input_side(p, x)
+        _, ys = cells.recur(cfg.family, p, xw, carries[i], valid, cfg.unroll)
         out.append(ys)
         x = _drop(ys[0].astype(dtype), cfg.dropout, keys[1 + i], cfg.locked_dropout)
     return x, out
