@@ -53,9 +53,13 @@ def lstm_gates(z: Array) -> Array:
     sigmoid(f), tanh(g), sigmoid(o). One elementwise pass over all four: tanh(g) is computed as
     2 sigmoid(2g) - 1 (the same function), so XLA:CPU emits one loop instead of four slices."""
     z4 = z.reshape(*z.shape[:-1], 4, -1)
-    is_g = (jnp.arange(4) == 2)[:, None]
-    s = jax.nn.sigmoid(jnp.where(is_g, 2.0 * z4, z4))
-    return jnp.where(is_g, 2.0 * s - 1.0, s)
+    s = jax.nn.sigmoid(jnp.where(_is_g(), 2.0 * z4, z4))
+    return jnp.where(_is_g(), 2.0 * s - 1.0, s)
+
+
+def _is_g() -> Array:
+    """bool [4, 1]: which of the LSTM's gate rows [.., 4, H] is g, the tanh one."""
+    return (jnp.arange(4) == 2)[:, None]
 
 
 def _lstm_update(gates: Array, c: Array) -> Carry:
@@ -187,8 +191,7 @@ def _lstm_bwd(extra: dict, gates: Array, carry: Carry, new: Carry, d_new: Carry)
     dc = dc + dh * o * (1.0 - tc * tc)
     upstream = jnp.stack([dc, dc, dc, dh], axis=-2)  # what multiplies each gate in c', h'
     partner = jnp.stack([g, c, i, tc], axis=-2)
-    is_g = (jnp.arange(4) == 2)[:, None]
-    slope = jnp.where(is_g, 1.0 - gates * gates, gates * (1.0 - gates))  # tanh' or sigmoid'
+    slope = jnp.where(_is_g(), 1.0 - gates * gates, gates * (1.0 - gates))  # tanh' or sigmoid'
     dz = (upstream * partner * slope).reshape(*dh.shape[:-1], -1)
     return {}, (jnp.zeros_like(dh), dc * f), dz, None
 
@@ -230,11 +233,11 @@ def _recurrence_bwd(kind: str, unroll: int, res: tuple, ct: Carry):
         de, dc, dxw, dhw = bwd(extra, kept_t, c_t, new_t, d_new)
         d_rec = dxw if dhw is None else dhw
         dh = dc[0] + jnp.dot(d_rec.astype(w_h.dtype), w_t, preferred_element_type=jnp.float32)
-        return ((dh,) + tuple(dc[1:]), jax.tree.map(jnp.add, d_extra, de)), (dxw if dhw is None else (dxw, dhw))
+        return ((dh,) + tuple(dc[1:]), jax.tree.map(jnp.add, d_extra, de)), (dxw, dhw)  # None: stacks nothing
 
     zeros = (tuple(jnp.zeros_like(c) for c in carry), jax.tree.map(jnp.zeros_like, extra))
-    (d_carry, d_extra), d_pre = jax.lax.scan(body, zeros, (before, ys, kept, ct), reverse=True, unroll=unroll)
-    dxw, dhw = d_pre if isinstance(d_pre, tuple) else (d_pre, d_pre)
+    (d_carry, d_extra), (dxw, dhw) = jax.lax.scan(body, zeros, (before, ys, kept, ct), reverse=True, unroll=unroll)
+    dhw = dxw if dhw is None else dhw
     t, b, h = before[0].shape
     h_before = before[0].reshape(t * b, h).astype(w_h.dtype)
     dw_h = jnp.dot(h_before.T, dhw.reshape(t * b, -1).astype(w_h.dtype), preferred_element_type=jnp.float32)
