@@ -222,6 +222,8 @@ def test_tokenizer_train_command(tmp_path, corpus, capsys):
     (["train", "--train.lr=-1e-3"], "train.lr=-0.001 must be > 0"),
     (["train", "--train.progress", "maybe"], "argument --train.progress: 'maybe' is not true or false"),
     (["train", "--model.pos", "fourier"], "model.pos='fourier' is not allowed; choose one of learned"),
+    (["train", "--model.matmul_dtype", "float16"],
+     "model.matmul_dtype='float16' is not allowed; choose one of auto, float32, bfloat16"),
     (["train", "--data.tokenizer", "gpt9"], "data.tokenizer='gpt9' is unknown; choose byte, gpt2"),
     (["train", "--config", "/nonexistent.json"], "--config='/nonexistent.json' cannot be read"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),

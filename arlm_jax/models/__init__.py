@@ -2,7 +2,7 @@
 
 Importing this package registers the built-in families: ``transformer``, the recurrent ``rnn``,
 ``lstm`` and ``gru``, the counted ``ngram``, and ``bigram`` (a toy that docs/model-families.md
-builds step by step).
+builds step by step). precision.py decides what ``matmul_dtype='auto'`` means on this machine.
 """
 
 from arlm_jax.models.api import Family, Fitted, families, family_of, get_family, register

@@ -138,6 +138,7 @@ def open_run(run: RunConfig, *, resume: bool = False, out: TextIO | None = None,
         optimizer, train_step = make_optimizer(run.train, run.model), None
         eval_step = make_eval_step(run.model, mesh=mesh)
     tc = run.train
+    say(f"model: {family_of(run.model).describe(run.model)}")
 
     run_dir = Path(tc.out_dir)
     ck = Checkpointer(run_dir, tc.keep_checkpoints)

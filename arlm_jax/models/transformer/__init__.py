@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from arlm_jax.models.api import Family, register, take_rows
+from arlm_jax.models.precision import AUTO, bf16_matmul_reason, resolve_matmul_dtype
 from arlm_jax.models.transformer import axes, cache, flops, model
 from arlm_jax.models.transformer.config import PRESETS, TransformerConfig
 
@@ -52,7 +53,16 @@ def resize(cfg: TransformerConfig, width: int, depth: int) -> TransformerConfig:
 def describe(cfg: TransformerConfig) -> str:
     return (f"transformer: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads / "
             f"{cfg.kv_heads} kv heads, {cfg.pos} positions, context {cfg.max_len}, vocab {cfg.vocab_size}"
-            + (f", muP (base width {cfg.mup_base_width})" if cfg.parametrization == "mup" else ""))
+            + (f", muP (base width {cfg.mup_base_width})" if cfg.parametrization == "mup" else "")
+            + _matmuls(cfg))
+
+
+def _matmuls(cfg: TransformerConfig) -> str:
+    """The matmul operand dtype, where it is not the compute dtype or was decided here."""
+    mm = resolve_matmul_dtype(cfg.matmul_dtype, cfg.dtype)
+    if cfg.matmul_dtype != AUTO:
+        return "" if mm == cfg.dtype else f", {mm} matmul operands"
+    return f", {mm} matmul operands (auto: {bf16_matmul_reason() or 'no native bfloat16 dot products'})"
 
 
 FAMILY = register(Family(

@@ -6,12 +6,14 @@ import math
 from dataclasses import dataclass
 
 from arlm_jax.errors import ConfigError, check_choice, check_positive
+from arlm_jax.models.precision import AUTO
 
 POS_ENCODINGS = ("learned", "sinusoidal", "rope", "alibi", "relative")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 MLPS = ("gelu", "swiglu")
 DTYPES = ("float32", "bfloat16")
+MATMUL_DTYPES = (AUTO, *DTYPES)
 REMAT = ("none", "full", "dots")
 PARAMETRIZATIONS = ("standard", "mup")
 
@@ -59,7 +61,8 @@ class TransformerConfig:
     """compute dtype; params, softmax and loss stay float32"""
     matmul_dtype: str = ""
     """'' -> dtype; bfloat16: projection and MLP matmul operands rounded to bfloat16, products
-    accumulated and returned in float32 (2-4x faster matmuls on CPUs with AVX-512-BF16 or AMX)"""
+    accumulated and returned in float32 (2-4x faster matmuls on CPUs with AVX-512-BF16 or AMX);
+    auto: bfloat16 on an accelerator or such a CPU, else dtype (models/precision.py)"""
     remat: str = "none"
     """none | full | dots (save matmul outputs only)"""
     scan_unroll: int = 1
@@ -147,7 +150,7 @@ class TransformerConfig:
         check_choice(self, "mlp", MLPS, p)
         check_choice(self, "dtype", DTYPES, p)
         if self.matmul_dtype:
-            check_choice(self, "matmul_dtype", DTYPES, p)
+            check_choice(self, "matmul_dtype", MATMUL_DTYPES, p)
         check_choice(self, "remat", REMAT, p)
         check_choice(self, "parametrization", PARAMETRIZATIONS, p)
         return self
@@ -162,8 +165,10 @@ class TransformerConfig:
     def demo(cls) -> "TransformerConfig":
         """The CPU demo `arlm train` runs by default (byte tokenizer, ~0.8M parameters). Its four
         blocks are unrolled: on XLA:CPU that steps ~10% faster than one scanned block, for a
-        compile time that stays ~3 s (docs/benchmarks.md, issue 13)."""
-        return cls(vocab_size=257, n_layers=4, n_heads=4, d_model=128, max_len=128, scan_unroll=4)
+        compile time that stays ~3 s. Its matmul operands are bfloat16 where that is fast
+        (``matmul_dtype='auto'``), float32 elsewhere (docs/benchmarks.md, issue 13)."""
+        return cls(vocab_size=257, n_layers=4, n_heads=4, d_model=128, max_len=128, scan_unroll=4,
+                   matmul_dtype=AUTO)
 
     @classmethod
     def _gpt2(cls, n_layers: int, n_heads: int, d_model: int) -> "TransformerConfig":

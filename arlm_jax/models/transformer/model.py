@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from arlm_jax.models import layers
+from arlm_jax.models.precision import resolve_matmul_dtype
 from arlm_jax.models.transformer import cache as kvcache
 from arlm_jax.models.transformer.cache import KVCache
 from arlm_jax.models.transformer.config import TransformerConfig as ModelConfig
@@ -90,8 +91,9 @@ def init(key: Array, cfg: ModelConfig) -> dict:
 
 
 def _matmul_dtype(cfg: ModelConfig):
-    """The operand dtype of the projection and MLP matmuls (``matmul_dtype``; '' -> ``dtype``)."""
-    return DTYPES[cfg.matmul_dtype or cfg.dtype]
+    """The operand dtype of the projection and MLP matmuls (``matmul_dtype``; '' -> ``dtype``;
+    'auto' -> decided for the backend and CPU at trace time, ``precision.resolve_matmul_dtype``)."""
+    return DTYPES[resolve_matmul_dtype(cfg.matmul_dtype, cfg.dtype)]
 
 
 def _attention_block(p: dict, x: Array, positions: Array, mask: Array, bias: Array | None,
