@@ -38,10 +38,11 @@ from results_io import RESULTS, write_result  # noqa: E402
 
 CALLER = "time_to_quality"
 
-# name -> `arlm train` options on top of the defaults (the demo)
+# name -> `arlm train` options on top of the defaults (the demo). The matmul dtype is pinned:
+# the demo's own (model.matmul_dtype auto) is bfloat16 or float32 depending on the CPU.
 RECIPES: dict[str, list[str]] = {
-    "adamw": ["--train.optimizer", "adamw"],
-    "muon": ["--train.optimizer", "muon"],
+    "adamw": ["--train.optimizer", "adamw", "--model.matmul_dtype", "float32"],
+    "muon": ["--train.optimizer", "muon", "--model.matmul_dtype", "float32"],
     "muon-bf16mm": ["--train.optimizer", "muon", "--model.matmul_dtype", "bfloat16"],
 }
 # The history of autoregressive LMs, measured (--study history): each family at about the

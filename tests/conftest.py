@@ -33,6 +33,10 @@ if "ARLM_TEST_XLA_FLAGS" not in os.environ:
     os.environ["XLA_FLAGS"] = " ".join([given, *extra]).strip()
     os.environ["ARLM_TEST_XLA_FLAGS"] = " ".join(extra)  # the added flags; workers skip the probe
 
+# No persistent compilation cache unless a test sets one: `arlm` would otherwise keep programs
+# in ~/.cache/arlm_jax/xla (cli/compile_cache.py), and a test run should leave nothing behind.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "")
+
 import jax
 import pytest
 

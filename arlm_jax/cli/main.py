@@ -15,7 +15,8 @@ Configuration is layered: dataclass defaults, then ``--preset`` (a preset of the
 ``--model.family`` names), then ``--config`` (a JSON or TOML file with ``model``/``train``/
 ``data``/``mesh`` sections, e.g. a run's ``config.json``), then ``--section.field value``
 options. Parsing is jsonargparse's (options.py). Bad input exits with status 2 and one line,
-``arlm: error: ...``, naming the option and what it allows.
+``arlm: error: ...``, naming the option and what it allows. Compiled programs are kept on disk
+between runs (compile_cache.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import sys
 import jsonargparse
 
 from arlm_jax.cli import eval as eval_command
-from arlm_jax.cli import arpa, convert, generate, info, plan, scaling, tokenizer, train
+from arlm_jax.cli import arpa, compile_cache, convert, generate, info, plan, scaling, tokenizer, train
 from arlm_jax.cli.errors import describe
 from arlm_jax.cli.options import Source, first_pass, new_parser, yaml_spelling
 from arlm_jax.errors import ConfigError, ResourceError, known_failure
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         name, args, source = parse(argv)
+        compile_cache.enable()
         return COMMANDS[name].run(args, source)
     except ConfigError as err:  # bad input (2), or a resource that failed (1)
         print(f"arlm: error: {err}", file=sys.stderr)
