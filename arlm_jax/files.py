@@ -1,5 +1,5 @@
-"""Writing a file all at once (every file arlm_jax rewrites in place goes through here), and
-the checksum of a file.
+"""Writing a file all at once (every file arlm_jax rewrites in place goes through here), the
+checksum of a file, and where arlm keeps its caches.
 
 ``atomic_write`` writes a temporary file beside the target, flushes it to disk and renames it
 over the target, so a kill, a full disk or any failure leaves either the old file or the new
@@ -14,7 +14,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -41,6 +41,12 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], T]) -> T:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def cache_root(environ: Mapping[str, str] = os.environ) -> Path:
+    """The folder of arlm's caches (token caches, compiled programs): $ARLM_CACHE, else
+    ~/.cache/arlm_jax."""
+    return Path(environ.get("ARLM_CACHE") or "~/.cache/arlm_jax").expanduser()
 
 
 def require_new_folder(path: str | os.PathLike, what: str) -> Path:

@@ -24,14 +24,16 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from arlm_jax.files import cache_root
+
 DIR_ENV = "JAX_COMPILATION_CACHE_DIR"
 SIZE_ENV = "JAX_COMPILATION_CACHE_MAX_SIZE"
 MAX_BYTES = 2 * 1024**3
 
 
 def default_dir(environ: Mapping[str, str] = os.environ) -> Path:
-    """``$ARLM_CACHE/xla``, else ``~/.cache/arlm_jax/xla``."""
-    return Path(environ.get("ARLM_CACHE") or "~/.cache/arlm_jax").expanduser() / "xla"
+    """``xla/`` in ``files.cache_root``: ``$ARLM_CACHE/xla``, else ``~/.cache/arlm_jax/xla``."""
+    return cache_root(environ) / "xla"
 
 
 def enable(environ: Mapping[str, str] = os.environ) -> str | None:

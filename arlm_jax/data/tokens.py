@@ -36,7 +36,7 @@ import numpy as np
 
 from arlm_jax.config import DataConfig
 from arlm_jax.errors import ConfigError
-from arlm_jax.files import atomic_write, remove_stale_temporaries, sha256_of
+from arlm_jax.files import atomic_write, cache_root, remove_stale_temporaries, sha256_of
 from arlm_jax.data.tokenizer import eot_id, tokenizer_identity
 
 FORMAT_VERSION = 2  # bump when corpus rules or the cache layout change: old caches miss
@@ -199,9 +199,8 @@ def check_token_ids(ids: np.ndarray, dtype: np.dtype) -> None:
 
 
 def cache_dir_of(data_cfg: DataConfig) -> Path:
-    """data.cache_dir, else $ARLM_CACHE, else ~/.cache/arlm_jax."""
-    return Path(os.path.expanduser(
-        data_cfg.cache_dir or os.environ.get("ARLM_CACHE") or "~/.cache/arlm_jax"))
+    """data.cache_dir, else ``files.cache_root()`` ($ARLM_CACHE, else ~/.cache/arlm_jax)."""
+    return Path(data_cfg.cache_dir).expanduser() if data_cfg.cache_dir else cache_root()
 
 
 def cache_key(data_cfg: DataConfig, enc) -> str:
