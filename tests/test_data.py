@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tiktoken
 
-from arlm_jax.data import tokens as data
+from arlm_jax.data import batches as batch_lib, tokens as data
 from arlm_jax.errors import ConfigError
 from arlm_jax.config import DataConfig
 
@@ -200,36 +200,36 @@ def test_stdlib_tokenises_with_the_byte_encoding(tmp_path):
 # ---- batches ---------------------------------------------------------------------------------
 def test_get_batch_is_deterministic_shifted_and_row_sliceable():
     tokens = np.arange(1000, dtype=np.uint16)
-    b = data.get_batch(tokens, 8, 16, seed=3, step=7)
+    b = batch_lib.get_batch(tokens, 8, 16, seed=3, step=7)
     assert b.shape == (8, 17) and b.dtype == np.int32
-    np.testing.assert_array_equal(b, data.get_batch(tokens, 8, 16, seed=3, step=7))
-    assert not np.array_equal(b, data.get_batch(tokens, 8, 16, seed=3, step=8))
-    assert not np.array_equal(b, data.get_batch(tokens, 8, 16, seed=4, step=7))
+    np.testing.assert_array_equal(b, batch_lib.get_batch(tokens, 8, 16, seed=3, step=7))
+    assert not np.array_equal(b, batch_lib.get_batch(tokens, 8, 16, seed=3, step=8))
+    assert not np.array_equal(b, batch_lib.get_batch(tokens, 8, 16, seed=4, step=7))
     np.testing.assert_array_equal(b[:, 1:], b[:, :-1] + 1)  # targets = inputs shifted by one
     for rows in (slice(0, 4), slice(4, 8), slice(2, 3)):
-        np.testing.assert_array_equal(data.get_batch(tokens, 8, 16, 3, 7, rows=rows), b[rows])
+        np.testing.assert_array_equal(batch_lib.get_batch(tokens, 8, 16, 3, 7, rows=rows), b[rows])
     # starts cover [0, len - seq_len - 1] inclusive, and never go past the end
-    starts = {int(data.get_batch(tokens[:19], 4, 16, 0, s)[i, 0]) for s in range(50) for i in range(4)}
+    starts = {int(batch_lib.get_batch(tokens[:19], 4, 16, 0, s)[i, 0]) for s in range(50) for i in range(4)}
     assert starts == {0, 1, 2}
 
 
 def test_eval_batches_are_fixed_and_spread_over_the_split():
     tokens = np.arange(10_000, dtype=np.uint16)
-    batches = list(data.eval_batches(tokens, 4, 32, n_batches=3))
+    batches = list(batch_lib.eval_batches(tokens, 4, 32, n_batches=3))
     assert len(batches) == 3 and all(b.shape == (4, 33) and b.dtype == np.int32 for b in batches)
     starts = np.concatenate([b[:, 0] for b in batches])
     assert starts[0] == 0 and starts[-1] == 10_000 - 33 and np.all(np.diff(starts) >= 32)
-    again = list(data.eval_batches(tokens, 4, 32, 3, rows=slice(1, 3)))
+    again = list(batch_lib.eval_batches(tokens, 4, 32, 3, rows=slice(1, 3)))
     for a, b in zip(again, batches):
         np.testing.assert_array_equal(a, b[1:3])
 
 
 def test_too_short_split_is_a_config_error():
     with pytest.raises(ConfigError) as err:
-        data.get_batch(np.zeros(50, np.uint16), 2, 64, 0, 0, split="validation")
+        batch_lib.get_batch(np.zeros(50, np.uint16), 2, 64, 0, 0, split="validation")
     assert str(err.value) == ("data: the validation split has 50 tokens, fewer than one window of "
                               "seq_len+1=65; use a larger corpus, a smaller train.seq_len or a "
                               "larger data.val_fraction")
     with pytest.raises(ConfigError, match="train split has 64 tokens"):
-        data.eval_batches(np.zeros(64, np.uint16), 2, 64, 1, split="train")  # raised eagerly
-    assert data.get_batch(np.zeros(65, np.uint16), 2, 64, 0, 0).shape == (2, 65)
+        batch_lib.eval_batches(np.zeros(64, np.uint16), 2, 64, 1, split="train")  # raised eagerly
+    assert batch_lib.get_batch(np.zeros(65, np.uint16), 2, 64, 0, 0).shape == (2, 65)

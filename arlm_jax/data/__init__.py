@@ -1,2 +1,2 @@
-"""Data: corpora and the token cache with batches (tokens.py), tokenizers (tokenizer.py) and
-byte-level BPE training (bpe.py)."""
+"""Data: corpora and the token cache (tokens.py), batches of windows from it (batches.py),
+tokenizers (tokenizer.py) and byte-level BPE training (bpe.py)."""

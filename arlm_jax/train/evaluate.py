@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from arlm_jax.data import tokens as data_lib
+from arlm_jax.data.batches import eval_batches
 from arlm_jax.loss import bits_per_byte, perplexity
 from arlm_jax.parallel.hosts import global_batch, process_rows
 
@@ -31,10 +31,10 @@ class EvalSet:
     @classmethod
     def build(cls, tokens: np.ndarray, batch_size: int, seq_len: int, n_batches: int,
               bytes_per_token: float, mesh: Mesh | None = None) -> "EvalSet":
-        """``n_batches`` batches of evenly spaced windows of ``tokens`` (``data.tokens.eval_batches``).
+        """``n_batches`` batches of evenly spaced windows of ``tokens`` (``data.batches.eval_batches``).
         With a ``mesh`` each process keeps only its rows."""
         rows = None if mesh is None else process_rows(batch_size, mesh)
-        batches = tuple(data_lib.eval_batches(tokens, batch_size, seq_len, n_batches, rows=rows))
+        batches = tuple(eval_batches(tokens, batch_size, seq_len, n_batches, rows=rows))
         return cls(batches=batches, batch_size=batch_size, bytes_per_token=bytes_per_token, mesh=mesh)
 
     def score(self, eval_step, params: dict) -> dict:

@@ -25,7 +25,7 @@ from orbax.checkpoint import multihost
 from arlm_jax.analysis.memory import check_state_fits
 from arlm_jax.checkpoint import Checkpointer
 from arlm_jax.config import RunConfig, to_dict
-from arlm_jax.data import tokens as data_lib
+from arlm_jax.data import batches as batch_lib, tokens as data_lib
 from arlm_jax.data.tokenizer import decode, encode, eot_id, load_tokenizer, tokenizer_identity
 from arlm_jax.decode.generate import generate
 from arlm_jax.decode.sampling import Sampler
@@ -101,8 +101,8 @@ def _load_data(run: RunConfig, enc: tiktoken.Encoding, say) -> data_lib.TokenDat
     if data.note:
         say(f"data: {data.note}")
     data_lib.check_ids_below(data, run.model.vocab_size)
-    data_lib.check_window(len(data.train), run.seq_len, "train")
-    data_lib.check_window(len(data.val), run.seq_len, "validation")
+    batch_lib.check_window(len(data.train), run.seq_len, "train")
+    batch_lib.check_window(len(data.val), run.seq_len, "validation")
     say(f"data: {len(data.train):,} train / {len(data.val):,} val tokens "
         f"({data.n_train_docs} / {data.n_val_docs} documents, {time.perf_counter() - t0:.1f}s)")
     return data
@@ -238,7 +238,7 @@ def run_steps(r: OpenRun) -> TrainState:
     metrics, clock = StepMetrics(r), LoopClock()
 
     def batch_at(i: int) -> dict:
-        local = data_lib.get_batch(r.data.train, tc.batch_size, seq, tc.seed, i, rows=rows)
+        local = batch_lib.get_batch(r.data.train, tc.batch_size, seq, tc.seed, i, rows=rows)
         return {"tokens": global_batch(local, tc.batch_size, r.mesh)}
 
     def save(st: TrainState, at: int) -> None:
